@@ -1,0 +1,410 @@
+"""redo.py against hand-written reference computations."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from redo import dormant_fractions, dormant_scores, recycle_dormant
+
+CONV1, CONV2, CONV3, FC1, OUT = "network.0", "network.2", "network.4", "network.7", "network.9"
+HIDDEN = [CONV1, CONV2, CONV3, FC1]
+
+
+def nature_cnn(n_actions: int = 6) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(4, 32, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3136, 512), nn.ReLU(),
+        nn.Linear(512, n_actions),
+    )
+
+
+class Wrapped(nn.Module):
+    """Names like a CleanRL QNetwork: network.0 ... network.9."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.network = net
+
+    def forward(self, x):
+        return self.network(x / 255.0)
+
+
+def frames(n: int = 64, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 4, 84, 84), generator=g).float()
+
+
+def layer(model: nn.Module, name: str) -> nn.Module:
+    return dict(model.named_modules())[name]
+
+
+def force_dormant(model: nn.Module, name: str, neurons: list[int]) -> None:
+    with torch.no_grad():
+        layer(model, name).bias[neurons] = -1e6
+
+
+def make_all_active(model: nn.Module, names: list[str] = HIDDEN) -> None:
+    """Non-negative weights and positive biases: on non-negative inputs no neuron is dormant by chance."""
+    with torch.no_grad():
+        for name in names:
+            layer(model, name).weight.abs_()
+            layer(model, name).bias.fill_(0.1)
+
+
+def reference_scores(model: Wrapped, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Layer by layer, no hooks."""
+    net, h, scores = model.network, x / 255.0, {}
+    for name, index in [(CONV1, 0), (CONV2, 2), (CONV3, 4)]:
+        h = F.relu(net[index](h))
+        per_channel = h.abs().mean(dim=(0, 2, 3))
+        scores[name] = per_channel / (per_channel.mean() + 1e-9)
+    h = F.relu(net[7](h.flatten(1)))
+    per_neuron = h.abs().mean(dim=0)
+    scores[FC1] = per_neuron / (per_neuron.mean() + 1e-9)
+    return scores
+
+
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
+    state = {f"param/{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        for i, (p, s) in enumerate(optimizer.state.items()):
+            for k, v in s.items():
+                state[f"opt/{i}/{k}"] = v.clone() if torch.is_tensor(v) else v
+    return state
+
+
+def assert_bit_identical(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for key in before:
+        if torch.is_tensor(before[key]):
+            assert torch.equal(before[key], after[key]), key
+        else:
+            assert before[key] == after[key], key
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, x, steps: int = 3) -> None:
+    for _ in range(steps):
+        out = model(*x) if isinstance(x, tuple) else model(x)
+        loss = (out**2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+# ---------------------------------------------------------------- scores
+
+
+def test_scores_equal_reference_and_average_one():
+    model, x = Wrapped(nature_cnn()), frames()
+    scores, expected = dormant_scores(model, x), reference_scores(model, x)
+    assert list(scores) == HIDDEN  # execution order, output layer excluded
+    assert [s.numel() for s in scores.values()] == [32, 64, 64, 512]
+    for name in HIDDEN:
+        torch.testing.assert_close(scores[name], expected[name], rtol=1e-6, atol=1e-7)
+        assert scores[name].mean().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_fractions_are_inclusive_per_layer_and_pooled():
+    scores = {"a": torch.tensor([0.0, 0.1, 0.2, 3.7]), "b": torch.tensor([0.1, 1.9])}
+    assert dormant_fractions(scores, 0.1) == {"a": 0.5, "b": 0.5, "total": 0.5}
+    assert dormant_fractions(scores, 0.0) == {"a": 0.25, "b": 0.0, "total": 1 / 6}
+
+
+def test_scoring_leaves_mode_grad_and_hooks_alone():
+    model, x = Wrapped(nature_cnn()), frames(8)
+    model.eval()
+    dormant_scores(model, x)
+    assert not model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_hooks_removed_when_forward_raises():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            self.fc1(x)
+            raise RuntimeError("boom")
+
+    model = Broken()
+    with pytest.raises(RuntimeError, match="boom"):
+        dormant_scores(model, torch.ones(2, 4))
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+# ---------------------------------------------------------------- recycling
+
+
+def test_tau_zero_keeps_outputs_with_dormant_neurons_in_every_layer():
+    model, x = Wrapped(nature_cnn()), frames()
+    for name, neurons in [(CONV1, [0, 5]), (CONV2, [3]), (CONV3, [7, 8, 63]), (FC1, [1, 100, 511])]:
+        force_dormant(model, name, neurons)
+    before_out = model(x).detach()
+    before_params = [p for p in model.parameters()]
+    before_ptrs = [p.data_ptr() for p in model.parameters()]
+    result = recycle_dormant(model, None, x, tau=0.0)
+    assert all(result["recycled"][name] >= n for name, n in [(CONV1, 2), (CONV2, 1), (CONV3, 3), (FC1, 3)])
+    torch.testing.assert_close(model(x), before_out, rtol=1e-5, atol=1e-5)
+    # In place: same tensor objects, same storage.
+    assert all(a is b for a, b in zip(model.parameters(), before_params))
+    assert [p.data_ptr() for p in model.parameters()] == before_ptrs
+
+
+def test_recycled_set_equals_reference_scores():
+    model, x = Wrapped(nature_cnn()), frames()
+    force_dormant(model, CONV2, [1, 2])
+    force_dormant(model, FC1, list(range(0, 512, 7)))
+    tau = 0.5
+    expected = {name: s <= tau for name, s in reference_scores(model, x).items()}
+    before = copy.deepcopy(model)
+    result = recycle_dormant(model, None, x, tau=tau)
+    for name in HIDDEN:
+        # A recycled neuron's bias is set to 0; its row of weights may also lose columns to the layer before.
+        changed = layer(model, name).bias != layer(before, name).bias
+        assert torch.equal(changed, expected[name]), name
+        assert torch.all(layer(model, name).bias[expected[name]] == 0)
+        assert result["recycled"][name] == int(expected[name].sum()), name
+    assert OUT not in result["recycled"] and OUT not in result["scores"]
+    assert torch.equal(layer(model, OUT).bias, layer(before, OUT).bias)
+
+
+def test_conv_to_linear_zeroes_exactly_the_channel_block():
+    model, x = Wrapped(nature_cnn()), frames()
+    c = 13
+    make_all_active(model)
+    force_dormant(model, CONV3, [c])
+    before = layer(model, FC1).weight.detach().clone()
+    result = recycle_dormant(model, None, x, tau=0.0)
+    assert result["recycled"] == {CONV1: 0, CONV2: 0, CONV3: 1, FC1: 0}
+    assert result["scores"][CONV3][c] == 0
+    after = layer(model, FC1).weight
+    block = torch.zeros(3136, dtype=torch.bool)
+    block[c * 49 : (c + 1) * 49] = True  # conv3 output is 64 x 7 x 7, flattened NCHW
+    assert torch.all(after[:, block] == 0)
+    assert torch.equal(after[:, ~block], before[:, ~block])
+
+
+def test_weight_between_two_recycled_neurons_is_zero():
+    model, x = Wrapped(nature_cnn()), frames()
+    c, j = 5, 42
+    force_dormant(model, CONV3, [c])
+    force_dormant(model, FC1, [j])
+    recycle_dormant(model, None, x, tau=0.0)
+    row = layer(model, FC1).weight[j]
+    assert torch.all(row[c * 49 : (c + 1) * 49] == 0)
+    assert torch.count_nonzero(row) > 3000  # the rest of the row was re-drawn
+
+    mlp = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1))
+    force_dormant(mlp, "0", [3])
+    force_dormant(mlp, "2", [9])
+    recycle_dormant(mlp, None, torch.randn(32, 6), tau=0.0)
+    assert mlp[2].weight[9, 3] == 0
+    assert torch.count_nonzero(mlp[2].weight[9]) == 15
+
+
+def test_redraw_follows_the_layers_default_init_and_zeroes_bias():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(400, 1024), nn.ReLU(), nn.Linear(1024, 1))
+    dormant = list(range(0, 1024, 2))
+    force_dormant(mlp, "0", dormant)
+    recycle_dormant(mlp, None, torch.randn(64, 400), tau=0.0)
+    fresh = nn.Linear(400, 1024).weight
+    redrawn = mlp[0].weight[dormant]
+    bound = 1 / math.sqrt(400)
+    assert redrawn.abs().max() <= bound
+    assert redrawn.std().item() == pytest.approx(fresh.std().item(), rel=0.02)
+    assert torch.all(mlp[0].bias[dormant] == 0)
+
+    model, x = Wrapped(nature_cnn()), frames()
+    force_dormant(model, CONV2, list(range(32)))
+    recycle_dormant(model, None, x, tau=0.0)
+    conv_fresh = nn.Conv2d(32, 64, 4, stride=2).weight
+    assert layer(model, CONV2).weight[:32].std().item() == pytest.approx(conv_fresh.std().item(), rel=0.03)
+
+
+def test_custom_init_fn_is_used():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(300, 512), nn.ReLU(), nn.Linear(512, 1))
+    force_dormant(mlp, "0", list(range(256)))
+    recycle_dormant(mlp, None, torch.randn(16, 300), tau=0.0, init_fn=lambda w: nn.init.normal_(w, std=0.5))
+    assert mlp[0].weight[:256].std().item() == pytest.approx(0.5, rel=0.02)
+    assert mlp[0].weight[256:].abs().max() <= 1 / math.sqrt(300)  # untouched rows
+
+
+@pytest.mark.parametrize("make_optimizer, moments", [
+    (lambda p: torch.optim.Adam(p, lr=1e-3), ["exp_avg", "exp_avg_sq"]),
+    (lambda p: torch.optim.Adam(p, lr=1e-3, amsgrad=True), ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]),
+    (lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9), ["momentum_buffer"]),
+])
+def test_optimizer_state_zeroed_exactly_at_recycled_entries(make_optimizer, moments):
+    model, x = Wrapped(nature_cnn()), frames(16)
+    optimizer = make_optimizer(model.parameters())
+    train_steps(model, optimizer, x)
+    c, j = 3, 77
+    force_dormant(model, CONV3, [c])
+    force_dormant(model, FC1, [j])
+    reference = {name: s <= 0 for name, s in reference_scores(model, x).items()}
+    before = {p: {k: v.clone() for k, v in optimizer.state[p].items()} for p in model.parameters()}
+    recycle_dormant(model, optimizer, x, tau=0.0)
+
+    conv3, fc1 = layer(model, CONV3), layer(model, FC1)
+    expected = {p: torch.zeros_like(p, dtype=torch.bool) for p in model.parameters()}
+    for name in HIDDEN:
+        mod = layer(model, name)
+        expected[mod.weight][reference[name]] = True
+        expected[mod.bias][reference[name]] = True
+    for name, successor in zip(HIDDEN, HIDDEN[1:] + [OUT]):
+        repeats = 49 if name == CONV3 else 1  # conv3 -> fc1 crosses the flatten
+        expected[layer(model, successor).weight][:, reference[name].repeat_interleave(repeats)] = True
+    assert expected[conv3.weight][c].all() and expected[fc1.weight][:, c * 49].all()
+
+    for p in model.parameters():
+        for key in moments:
+            now, then = optimizer.state[p][key], before[p][key]
+            assert torch.all(now[expected[p]] == 0), key
+            assert torch.equal(now[~expected[p]], then[~expected[p]]), key
+        if "step" in before[p]:
+            assert torch.equal(optimizer.state[p]["step"], before[p]["step"])
+
+
+def test_reset_optimizer_step_only_on_edited_parameters():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    optimizer = torch.optim.Adam(mlp.parameters())
+    x = torch.randn(64, 8)
+    train_steps(mlp, optimizer, x)
+    with torch.no_grad():
+        mlp[2].bias.fill_(5.0)  # layer "2": nothing dormant
+    force_dormant(mlp, "0", [4])
+    recycle_dormant(mlp, optimizer, x, tau=0.0, reset_optimizer_step=True)
+    steps = {name: int(optimizer.state[p]["step"]) for name, p in mlp.named_parameters()}
+    # Layer 0 recycled: its weight, its bias and layer 2's weight (outgoing) are edited.
+    assert steps == {"0.weight": 0, "0.bias": 0, "2.weight": 0, "2.bias": 3, "4.weight": 3, "4.bias": 3}
+
+
+class Critic(nn.Module):
+    """SAC-style critic: Q(s, a) from a concatenation at the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.q = nn.Linear(11 + 3, 256), nn.Linear(256, 256), nn.Linear(256, 1)
+
+    def forward(self, obs, action):
+        h = F.relu(self.fc1(torch.cat([obs, action], dim=1)))
+        return self.q(F.relu(self.fc2(h)))
+
+
+def test_mlp_critic_with_adamw():
+    torch.manual_seed(0)
+    critic = Critic()
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=3e-4)
+    batch = (torch.randn(128, 11), torch.rand(128, 3) * 2 - 1)
+    train_steps(critic, optimizer, batch)
+    force_dormant(critic, "fc1", [0, 1, 2])
+    force_dormant(critic, "fc2", [10])
+    before_out = critic(*batch).detach()
+    result = recycle_dormant(critic, optimizer, batch, tau=0.0)
+    assert result["recycled"]["fc1"] >= 3 and result["recycled"]["fc2"] >= 1
+    assert list(result["scores"]) == ["fc1", "fc2"]
+    torch.testing.assert_close(critic(*batch), before_out, rtol=1e-5, atol=1e-6)
+    assert torch.all(optimizer.state[critic.fc2.weight]["exp_avg"][:, :3] == 0)
+    assert torch.all(optimizer.state[critic.q.weight]["exp_avg_sq"][:, 10] == 0)
+    train_steps(critic, optimizer, batch)  # the optimizer still works
+
+
+def test_nothing_dormant_changes_nothing():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    optimizer = torch.optim.Adam(mlp.parameters())
+    x = torch.rand(64, 8)
+    train_steps(mlp, optimizer, x)
+    make_all_active(mlp, ["0", "2"])
+    assert dormant_fractions(dormant_scores(mlp, x), 0.1)["total"] == 0
+    before = snapshot(mlp, optimizer)
+    rng_before = torch.get_rng_state()
+    result = recycle_dormant(mlp, optimizer, x, tau=0.1)
+    assert result["recycled"] == {"0": 0, "2": 0}
+    assert_bit_identical(before, snapshot(mlp, optimizer))
+    assert torch.equal(torch.get_rng_state(), rng_before)  # no draw either
+
+
+# ---------------------------------------------------------------- unsupported architectures
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.a, self.b, self.out = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = F.relu(self.inp(x))
+        return self.out(F.relu(h + self.b(F.relu(self.a(h)))))
+
+
+class TwiceUsed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.shared, self.out = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = F.relu(self.inp(x))
+        return self.out(F.relu(self.shared(F.relu(self.shared(h)))))
+
+
+class NHWCFlatten(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.out = nn.Conv2d(2, 4, 3), nn.Linear(4 * 6 * 6, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x)).permute(0, 2, 3, 1).flatten(1)
+        return self.out(F.relu(self.fc(h)))
+
+
+class PooledCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.out = nn.Conv2d(2, 4, 3), nn.Linear(4 * 3 * 3, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = F.max_pool2d(F.relu(self.conv(x)), 2).flatten(1)
+        return self.out(F.relu(self.fc(h)))
+
+
+@pytest.mark.parametrize("make_model, x, culprit", [
+    (Residual, torch.randn(32, 8), "'b'"),
+    (TwiceUsed, torch.randn(32, 8), "'shared'"),
+    (NHWCFlatten, torch.randn(32, 2, 8, 8), "'conv'"),
+    (PooledCNN, torch.randn(32, 2, 8, 8), "'conv'"),
+])
+def test_unsupported_architecture_raises_before_any_change(make_model, x, culprit):
+    torch.manual_seed(0)
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    train_steps(model, optimizer, x)
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and module is not model.out:
+            with torch.no_grad():
+                module.bias[0] = -1e6  # something to recycle everywhere
+    before = snapshot(model, optimizer)
+    with pytest.raises(ValueError, match=culprit):
+        recycle_dormant(model, optimizer, x, tau=0.1)
+    assert_bit_identical(before, snapshot(model, optimizer))
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_negative_tau_rejected():
+    model = Wrapped(nature_cnn())
+    with pytest.raises(ValueError, match="tau"):
+        recycle_dormant(model, None, frames(2), tau=-0.1)
