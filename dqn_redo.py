@@ -1,0 +1,453 @@
+"""DQN with ReDo (recycling dormant neurons) on Atari, in the style of CleanRL's dqn_atari.py.
+
+    python dqn_redo.py --env-id DemonAttack-v4 --enable-redo
+    tensorboard --logdir runs
+
+Defaults follow the paper's DQN protocol (Dopamine): Adam 6.25e-5 / eps 1.5e-4, Huber loss on the
+plain max target, batch 32, 1M replay, 20k warm-up steps, hard target sync every 8000 agent steps,
+epsilon 1.0 -> 0.01 over 250k agent steps, replay ratio 0.25, 4 frames per agent step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+from redo import dormant_fractions, dormant_scores, recycle_dormant
+
+DORMANT_TAUS = (0.0, 0.025, 0.1)
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run folder's name)"""
+    seed: int = 1
+    """seed of the experiment: python, numpy, torch, the environment and the replay sampling"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use the GPU when there is one (otherwise the CPU)"""
+    env_id: str = "DemonAttack-v4"
+    """Atari id: `DemonAttack-v4`, `DemonAttackNoFrameskip-v4` or `ALE/DemonAttack-v5` (sticky actions 0.25); each gives 4 emulator frames per agent step"""
+    total_timesteps: int = 2_500_000
+    """agent steps to train for (4 frames each: 2.5M steps are the paper's 10M frames)"""
+    learning_rate: float = 6.25e-5
+    """Adam learning rate"""
+    adam_eps: float = 1.5e-4
+    """Adam epsilon"""
+    buffer_size: int = 1_000_000
+    """replay capacity in transitions (about 7.1 KB each: single frames are stored)"""
+    gamma: float = 0.99
+    """discount factor"""
+    target_network_frequency: int = 8000
+    """agent steps between hard copies of the Q-network into the target network"""
+    batch_size: int = 32
+    """transitions per gradient step"""
+    start_e: float = 1.0
+    """initial exploration epsilon"""
+    end_e: float = 0.01
+    """final exploration epsilon"""
+    epsilon_decay_steps: int = 250_000
+    """agent steps over which epsilon decays linearly from start-e to end-e"""
+    learning_starts: int = 20_000
+    """agent steps of warm-up (random actions from epsilon, no training)"""
+    replay_ratio: float = 0.25
+    """gradient steps per agent step after warm-up: 0.25 is one every 4 steps, 2 is two per step"""
+    enable_redo: bool = False
+    """recycle dormant neurons (dormant fractions are logged either way)"""
+    redo_tau: float = 0.1
+    """dormancy threshold: a neuron with score <= tau is recycled"""
+    redo_interval: int = 1000
+    """gradient steps between dormant-neuron checks (logging, and recycling with --enable-redo)"""
+    redo_batch_size: int = 64
+    """states sampled uniformly from the replay to score neurons"""
+    log_interval: int = 100
+    """gradient steps between logs of the losses and SPS"""
+    save_model: bool = False
+    """save the Q-network and args into the run folder, then evaluate it"""
+    eval_episodes: int = 10
+    """full-game episodes of the evaluation after --save-model"""
+    eval_epsilon: float = 0.001
+    """epsilon of the evaluation"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Environment
+
+
+def make_env(env_id: str, seed: int, episodic_life: bool = True):
+    """The standard DQN Atari stack, with exactly 4 emulator frames per agent step for every id."""
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.atari_wrappers import EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv, NoopResetEnv
+
+    gym.register_envs(ale_py)
+    # frameskip=1 overrides the id's own skipping (v4: 2-4 frames at random, v5: 4), so that
+    # MaxAndSkipEnv's 4 is the only one; v5 keeps its sticky actions.
+    env = gym.make(env_id, frameskip=1, obs_type="grayscale")
+    env = gym.wrappers.RecordEpisodeStatistics(env)  # innermost: real, unclipped, full-game returns
+    env = NoopResetEnv(env, noop_max=30)
+    env = MaxAndSkipEnv(env, skip=4)
+    if episodic_life:
+        env = EpisodicLifeEnv(env)
+    if "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireResetEnv(env)
+    env = gym.wrappers.ResizeObservation(env, (84, 84))
+    env = gym.wrappers.FrameStackObservation(env, 4)  # pads a new episode with its first frame
+    env.action_space.seed(seed)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------
+# Replay
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor  # uint8 (B, 4, 84, 84)
+    actions: torch.Tensor  # int64 (B,)
+    rewards: torch.Tensor  # float32 (B,)
+    next_obs: torch.Tensor  # uint8 (B, 4, 84, 84)
+    terminated: torch.Tensor  # float32 (B,): 1 = no bootstrap; truncation bootstraps
+
+
+class FrameReplayBuffer:
+    """Replay that stores each frame once and rebuilds the frame stacks when sampling.
+
+    Slot ``s`` of a ring holds one frame and the transition whose observation ends with that frame;
+    its next observation ends with the frame in slot ``s + 1``. ``offset[s]`` counts the frames of
+    the episode before slot ``s`` (capped at 3): a stack never reaches into another episode and
+    repeats the episode's first frame instead, as the environment's stack does after a reset. An
+    episode's final frame gets a slot of its own with no transition, so a truncated transition
+    bootstraps from the real final observation. About 7.07 KB per slot.
+    """
+
+    SLOT_BYTES = 84 * 84 + 4 + 4 + 1 + 1 + 1  # frame, action, reward, terminated, has_transition, offset
+
+    def __init__(self, capacity: int, stack: int, frame_shape: tuple[int, int], device: torch.device, rng: np.random.Generator):
+        self.capacity, self.stack, self.device, self.rng = capacity, stack, device, rng
+        self.frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
+        self.actions = np.zeros(capacity, dtype=np.int32)
+        self.rewards = np.zeros(capacity, dtype=np.float32)
+        self.terminated = np.zeros(capacity, dtype=np.bool_)
+        self.has_transition = np.zeros(capacity, dtype=np.bool_)
+        self.offset = np.zeros(capacity, dtype=np.uint8)
+        for array in (self.frames, self.actions, self.rewards, self.terminated, self.has_transition, self.offset):
+            array.fill(0)  # touch every page now: a buffer too big for the machine fails here, not hours later
+        self.head = 0  # next slot to write
+        self.slots_written = 0
+        self.current = 0  # slot of the newest frame, whose transition is not complete yet
+        self.episode_open = False
+
+    @staticmethod
+    def bytes_needed(capacity: int) -> int:
+        return capacity * FrameReplayBuffer.SLOT_BYTES
+
+    def _write_frame(self, frame: np.ndarray, offset: int) -> int:
+        slot = self.head
+        self.frames[slot] = frame
+        self.offset[slot] = offset
+        self.has_transition[slot] = False
+        self.head = (slot + 1) % self.capacity
+        self.slots_written += 1
+        return slot
+
+    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool, truncated: bool) -> None:
+        """Stores one transition; ``obs`` and ``next_obs`` are (stack, 84, 84) uint8 stacks."""
+        if not self.episode_open:
+            if not (obs == obs[-1]).all():
+                raise ValueError("the first observation of an episode must repeat its frame (FrameStackObservation's 'reset' padding)")
+            self.current = self._write_frame(obs[-1], 0)
+            self.episode_open = True
+        slot = self.current
+        self.actions[slot], self.rewards[slot], self.terminated[slot] = action, reward, terminated
+        self.current = self._write_frame(next_obs[-1], min(self.stack - 1, int(self.offset[slot]) + 1))
+        self.has_transition[slot] = True
+        if terminated or truncated:
+            self.episode_open = False
+
+    def __len__(self) -> int:
+        """Slots in use (transitions plus one final frame per ended episode)."""
+        return min(self.slots_written, self.capacity)
+
+    def _stack_slots(self, slots: np.ndarray) -> np.ndarray:
+        back = np.minimum(np.arange(self.stack - 1, -1, -1)[None, :], self.offset[slots][:, None])
+        return (slots[:, None] - back) % self.capacity
+
+    def _sampleable(self, slots: np.ndarray) -> np.ndarray:
+        ok = self.has_transition[slots]
+        if self.slots_written > self.capacity:
+            # The oldest slots' stacks may reach back past the write head, into newer frames.
+            ok &= (slots - self.head) % self.capacity >= self.offset[slots]
+        return ok
+
+    def sample_slots(self, n: int) -> np.ndarray:
+        """Slots of ``n`` transitions drawn uniformly (with replacement) from all stored ones."""
+        chosen = np.empty(0, dtype=np.int64)
+        for _ in range(1000):  # rejection sampling is uniform over the sampleable slots
+            candidates = self.rng.integers(0, len(self), size=2 * n + 8)
+            chosen = np.concatenate([chosen, candidates[self._sampleable(candidates)]])
+            if len(chosen) >= n:
+                return chosen[:n]
+        raise ValueError("the replay buffer holds no complete transition to sample")
+
+    def sample(self, n: int) -> Batch:
+        slots = self.sample_slots(n)
+        next_slots = (slots + 1) % self.capacity
+        to_device = lambda array: torch.from_numpy(array).to(self.device, non_blocking=True)
+        return Batch(
+            obs=to_device(self.frames[self._stack_slots(slots)]),
+            actions=to_device(self.actions[slots].astype(np.int64)),
+            rewards=to_device(self.rewards[slots]),
+            next_obs=to_device(self.frames[self._stack_slots(next_slots)]),
+            terminated=to_device(self.terminated[slots].astype(np.float32)),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network and helpers
+
+
+class QNetwork(nn.Module):
+    """The Nature DQN CNN, with named layers so the dormant-neuron tags read conv1 ... fc1."""
+
+    def __init__(self, n_actions: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 32, 8, stride=4)
+        self.conv2 = nn.Conv2d(32, 64, 4, stride=2)
+        self.conv3 = nn.Conv2d(64, 64, 3, stride=1)
+        self.fc1 = nn.Linear(64 * 7 * 7, 512)
+        self.q = nn.Linear(512, n_actions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x.float() / 255.0))
+        x = F.relu(self.conv2(x))
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.q(x)
+
+
+def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> float:
+    return max(end_e, start_e + (end_e - start_e) * t / duration)
+
+
+def atari_env_ids() -> list[str]:
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+    return [env_id for env_id, spec in gym.registry.items() if "ale_py" in str(spec.entry_point)]
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def argument_error(args: Args) -> str | None:
+    """The first thing wrong with the arguments, as a one-line message, or None."""
+    positive = ["total_timesteps", "buffer_size", "batch_size", "target_network_frequency", "epsilon_decay_steps",
+                "redo_interval", "redo_batch_size", "log_interval", "eval_episodes"]
+    for name in positive:
+        if getattr(args, name) <= 0:
+            return f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+    if not args.replay_ratio > 0:
+        return f"--replay-ratio must be positive, got {args.replay_ratio}"
+    if not args.redo_tau >= 0:
+        return f"--redo-tau must be >= 0, got {args.redo_tau}"
+    if not 0 < args.learning_rate:
+        return f"--learning-rate must be positive, got {args.learning_rate}"
+    if not (0 <= args.end_e <= 1 and 0 <= args.start_e <= 1 and 0 <= args.eval_epsilon <= 1):
+        return "--start-e, --end-e and --eval-epsilon must be in [0, 1]"
+    warm_up_needed = max(args.batch_size, args.redo_batch_size)
+    if args.learning_starts < warm_up_needed:
+        return (f"--learning-starts ({args.learning_starts}) is shorter than a batch ({warm_up_needed} transitions: "
+                "--batch-size and --redo-batch-size); raise it")
+    if args.buffer_size < warm_up_needed:
+        return f"--buffer-size ({args.buffer_size}) is smaller than a batch ({warm_up_needed}); raise it"
+    ids = atari_env_ids()
+    if args.env_id not in ids:
+        close = difflib.get_close_matches(args.env_id, ids, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "try e.g. DemonAttack-v4 or ALE/DemonAttack-v5"
+        return f"unknown Atari env id '{args.env_id}': {hint}"
+    needed, available = FrameReplayBuffer.bytes_needed(args.buffer_size), available_memory_bytes()
+    if available is not None and needed > 0.9 * available:
+        return (f"--buffer-size {args.buffer_size:,} needs {needed / 2**30:.1f} GiB of memory but "
+                f"{available / 2**30:.1f} GiB is available; lower --buffer-size")
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def evaluate(q_network: nn.Module, args: Args, device: torch.device) -> list[float]:
+    """Full-game returns (unclipped, no life-loss terminals) of an epsilon-greedy policy."""
+    env = make_env(args.env_id, args.seed + 1, episodic_life=False)
+    rng = np.random.default_rng(args.seed + 1)
+    returns = []
+    obs, _ = env.reset(seed=args.seed + 1)
+    while len(returns) < args.eval_episodes:
+        if rng.random() < args.eval_epsilon:
+            action = int(rng.integers(env.action_space.n))
+        else:
+            with torch.no_grad():
+                action = int(q_network(torch.as_tensor(obs, device=device)[None]).argmax(dim=1).item())
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            returns.append(float(info["episode"]["r"]))
+            obs, _ = env.reset()
+    env.close()
+    return returns
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+
+
+def main(args: Args) -> None:
+    error = argument_error(args)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
+    )
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    rng = np.random.default_rng(args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"run {run_name} on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+
+    env = make_env(args.env_id, args.seed)
+    n_actions = env.action_space.n
+    q_network = QNetwork(n_actions).to(device)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    target_network = QNetwork(n_actions).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    rb = FrameReplayBuffer(args.buffer_size, 4, (84, 84), device, rng)
+
+    def train_step(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            target_max = target_network(batch.next_obs).max(dim=1).values
+            td_target = batch.rewards + args.gamma * target_max * (1 - batch.terminated)
+        q_taken = q_network(batch.obs).gather(1, batch.actions[:, None]).squeeze(1)
+        loss = F.smooth_l1_loss(q_taken, td_target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), q_taken.detach().mean()
+
+    # An exact replay-ratio schedule: after k training-phase steps, floor(k * ratio) gradient steps.
+    replay_ratio = Fraction(str(args.replay_ratio))
+    gradient_steps = episode_steps = 0
+    last_return, last_dormant = float("nan"), float("nan")
+    start_time = last_print = time.time()
+    obs, _ = env.reset(seed=args.seed)
+    for global_step in range(args.total_timesteps):
+        epsilon = linear_schedule(args.start_e, args.end_e, args.epsilon_decay_steps, global_step)
+        if rng.random() < epsilon:
+            action = int(rng.integers(n_actions))
+        else:
+            with torch.no_grad():
+                action = int(q_network(torch.as_tensor(obs, device=device)[None]).argmax(dim=1).item())
+
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        rb.add(obs, action, float(np.clip(reward, -1.0, 1.0)), next_obs, terminated, truncated)
+        obs = next_obs
+        episode_steps += 1
+        if "episode" in info:  # the real game ended, not just a life
+            last_return = float(info["episode"]["r"])
+            writer.add_scalar("charts/episodic_return", last_return, global_step)
+            writer.add_scalar("charts/episodic_length", episode_steps, global_step)  # agent steps
+            episode_steps = 0
+            writer.add_scalar("charts/epsilon", epsilon, global_step)
+        if terminated or truncated:
+            obs, _ = env.reset()
+
+        if global_step >= args.learning_starts:
+            steps_since_start = global_step - args.learning_starts + 1
+            while gradient_steps < steps_since_start * replay_ratio.numerator // replay_ratio.denominator:
+                loss, q_mean = train_step(rb.sample(args.batch_size))
+                gradient_steps += 1
+
+                if gradient_steps % args.log_interval == 0:
+                    sps = int(global_step / (time.time() - start_time))
+                    writer.add_scalar("losses/td_loss", loss.item(), global_step)
+                    writer.add_scalar("losses/q_values", q_mean.item(), global_step)
+                    writer.add_scalar("charts/SPS", sps, global_step)
+                    writer.add_scalar("charts/gradient_steps", gradient_steps, global_step)
+
+                if gradient_steps == 1 or gradient_steps % args.redo_interval == 0:
+                    states = rb.sample(args.redo_batch_size).obs
+                    if args.enable_redo and gradient_steps % args.redo_interval == 0:
+                        result = recycle_dormant(q_network, optimizer, states, tau=args.redo_tau)
+                        scores = result["scores"]
+                        for name, count in result["recycled"].items():
+                            writer.add_scalar(f"redo/recycled/{name}", count, global_step)
+                        writer.add_scalar("redo/recycled/total", sum(result["recycled"].values()), global_step)
+                    else:
+                        scores = dormant_scores(q_network, states)
+                    # Fractions before this check's recycling: what the network looked like.
+                    for tau in DORMANT_TAUS:
+                        for name, fraction in dormant_fractions(scores, tau).items():
+                            writer.add_scalar(f"dormant/tau={tau:g}/{name}", fraction, global_step)
+                    last_dormant = dormant_fractions(scores, args.redo_tau)["total"]
+
+            if global_step % args.target_network_frequency == 0:
+                target_network.load_state_dict(q_network.state_dict())
+
+        if time.time() - last_print > (2 if sys.stderr.isatty() else 60) or global_step == args.total_timesteps - 1:
+            elapsed, last_print = time.time() - start_time, time.time()
+            sps = (global_step + 1) / elapsed
+            line = (f"step {global_step + 1:,}/{args.total_timesteps:,} | {sps:.0f} SPS | eps {epsilon:.3f} | "
+                    f"return {last_return:.0f} | dormant(tau={args.redo_tau:g}) {100 * last_dormant:.1f}% | "
+                    f"ETA {format_duration((args.total_timesteps - global_step - 1) / sps)}")
+            print(f"\r{line}" if sys.stderr.isatty() else line, end="" if sys.stderr.isatty() else "\n",
+                  file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        torch.save({"model": q_network.state_dict(), "args": dataclasses.asdict(args)}, model_path)
+        print(f"model saved to {model_path}")
+        returns = evaluate(q_network, args, device)
+        for episode, episodic_return in enumerate(returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, episode)
+        print(f"evaluation over {len(returns)} episodes: mean return {np.mean(returns):.1f}")
+
+    env.close()
+    writer.close()
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,184 @@
+"""FrameReplayBuffer against a naive buffer that stores whole (obs, next_obs) stacks."""
+
+import numpy as np
+import pytest
+import torch
+
+from dqn_redo import FrameReplayBuffer, make_env
+
+STACK = 4
+
+
+class Stream:
+    """Random episodes of random frames, stacked as gymnasium's FrameStackObservation does after reset."""
+
+    def __init__(self, seed: int, shape=(5, 6), max_episode_length: int = 25):
+        self.rng, self.shape, self.max_len = np.random.default_rng(seed), shape, max_episode_length
+
+    def transitions(self, n: int):
+        """Yields (obs, action, reward, next_obs, terminated, truncated); reward = the transition's id."""
+        produced = 0
+        while produced < n:
+            frame = self.rng.integers(0, 256, self.shape, dtype=np.uint8)
+            obs = np.stack([frame] * STACK)
+            length = int(self.rng.integers(1, self.max_len + 1))
+            end = self.rng.choice(["terminated", "truncated", "both"])
+            for t in range(length):
+                next_frame = self.rng.integers(0, 256, self.shape, dtype=np.uint8)
+                next_obs = np.concatenate([obs[1:], next_frame[None]])
+                last = t == length - 1
+                terminated, truncated = last and end != "truncated", last and end != "terminated"
+                yield obs, int(self.rng.integers(18)), float(produced), next_obs, terminated, truncated
+                produced += 1
+                obs = next_obs
+                if produced == n:
+                    return
+
+
+def fill(buffer, stream, n):
+    reference = []
+    for obs, action, reward, next_obs, terminated, truncated in stream.transitions(n):
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        reference.append((obs.copy(), action, next_obs.copy(), terminated, truncated))
+    return reference
+
+
+def check_samples(buffer, reference, samples: int) -> list[int]:
+    batch = buffer.sample(samples)
+    ids = batch.rewards.long().tolist()
+    assert all(len(reference) - buffer.capacity <= i < len(reference) for i in ids), "sampled overwritten data"
+    for k, i in enumerate(ids):
+        obs, action, next_obs, terminated, _ = reference[i]
+        assert batch.rewards[k].item() == i
+        assert np.array_equal(batch.obs[k].numpy(), obs), i
+        assert np.array_equal(batch.next_obs[k].numpy(), next_obs), i
+        assert batch.actions[k].item() == action
+        assert batch.terminated[k].item() == float(terminated)
+    return ids
+
+
+@pytest.mark.parametrize("seed, capacity, max_len", [(0, 40, 25), (1, 57, 6), (2, 16, 40), (3, 100, 2)])
+def test_matches_naive_reference_through_many_wraparounds(seed, capacity, max_len):
+    buffer = FrameReplayBuffer(capacity, STACK, (5, 6), torch.device("cpu"), np.random.default_rng(seed))
+    stream = Stream(seed, max_episode_length=max_len)
+    reference = []
+    transitions = stream.transitions(12 * capacity)
+    for step, transition in enumerate(transitions):
+        obs, action, reward, next_obs, terminated, truncated = transition
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        reference.append((obs.copy(), action, next_obs.copy(), terminated, truncated))
+        if step > 20 and step % 7 == 0:
+            check_samples(buffer, reference, 64)
+    ids = []
+    for _ in range(100):
+        ids += check_samples(buffer, reference, 100)
+    # Uniform over exactly what a frame ring of `capacity` slots can hold.
+    expected = expected_stored_ids(reference, capacity)
+    assert set(ids) == expected
+    assert len(expected) >= capacity - capacity // 2 - STACK
+    counts = np.bincount(ids)[sorted(expected)]
+    assert counts.min() > 0.75 * counts.mean() and counts.max() < 1.25 * counts.mean()
+
+
+def expected_stored_ids(reference, capacity: int) -> set[int]:
+    """Independent model: an episode of L transitions takes L + 1 frame slots, written in order. A
+    transition is stored when its next frame and its whole observation stack are in the last
+    `capacity` slots."""
+    slots = []  # (transition id or None, position in episode) per written frame
+    episode_open = False
+    for i, (_, _, _, terminated, truncated) in enumerate(reference):
+        if not episode_open:
+            slots.append([None, 0])
+            episode_open = True
+        slots[-1][0] = i
+        slots.append([None, slots[-1][1] + 1])
+        if terminated or truncated:
+            episode_open = False
+    oldest = len(slots) - capacity
+    return {
+        transition
+        for s, (transition, position) in enumerate(slots)
+        if transition is not None and s - min(STACK - 1, position) >= oldest
+    }
+
+
+def test_reset_padding_and_truncation_final_observation():
+    buffer = FrameReplayBuffer(64, STACK, (2, 2), torch.device("cpu"), np.random.default_rng(0))
+    f = [np.full((2, 2), v, dtype=np.uint8) for v in range(10)]
+    first = np.stack([f[1]] * 4)
+    # Episode 1: two steps, then truncated at its final frame f[3].
+    buffer.add(first, 0, 0.0, np.stack([f[1], f[1], f[1], f[2]]), False, False)
+    buffer.add(np.stack([f[1], f[1], f[1], f[2]]), 1, 1.0, np.stack([f[1], f[1], f[2], f[3]]), False, True)
+    # Episode 2 starts from f[5], padded with itself, never with episode 1's frames.
+    buffer.add(np.stack([f[5]] * 4), 2, 2.0, np.stack([f[5], f[5], f[5], f[6]]), True, False)
+    by_reward = {}
+    while len(by_reward) < 3:
+        batch = buffer.sample(16)
+        for k in range(16):
+            by_reward[batch.rewards[k].item()] = (batch.obs[k, :, 0, 0].tolist(), batch.next_obs[k, :, 0, 0].tolist(),
+                                                  batch.terminated[k].item())
+    assert by_reward[0.0] == ([1, 1, 1, 1], [1, 1, 1, 2], 0.0)
+    assert by_reward[1.0] == ([1, 1, 1, 2], [1, 1, 2, 3], 0.0)  # truncation: bootstrap from the real f[3]
+    assert by_reward[2.0] == ([5, 5, 5, 5], [5, 5, 5, 6], 1.0)
+
+
+def test_rejects_a_stack_not_padded_by_its_first_frame():
+    buffer = FrameReplayBuffer(16, STACK, (2, 2), torch.device("cpu"), np.random.default_rng(0))
+    zero_padded = np.stack([np.zeros((2, 2), np.uint8)] * 3 + [np.ones((2, 2), np.uint8)])
+    with pytest.raises(ValueError, match="padding"):
+        buffer.add(zero_padded, 0, 0.0, zero_padded, False, False)
+
+
+def test_real_game_frames_are_returned_bit_identical():
+    env = make_env("DemonAttack-v4", seed=3)
+    buffer = FrameReplayBuffer(300, STACK, (84, 84), torch.device("cpu"), np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    reference, ends = [], 0
+    obs, _ = env.reset(seed=3)
+    for i in range(1500):  # 5 wrap-arounds, with several lives lost (terminal for learning)
+        action = int(rng.integers(env.action_space.n))
+        next_obs, _, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, float(i), next_obs, terminated, truncated)
+        reference.append((obs.copy(), action, next_obs.copy(), terminated, truncated))
+        obs = next_obs
+        if terminated or truncated:
+            ends += 1
+            obs, _ = env.reset()
+    env.close()
+    assert ends >= 2
+    for _ in range(10):
+        check_samples(buffer, reference, 64)
+
+
+def test_memory_per_transition_and_no_growth():
+    capacity = 20_000
+    buffer = FrameReplayBuffer(capacity, STACK, (84, 84), torch.device("cpu"), np.random.default_rng(0))
+    arrays = [buffer.frames, buffer.actions, buffer.rewards, buffer.terminated, buffer.has_transition, buffer.offset]
+    total = sum(a.nbytes for a in arrays)
+    assert total == FrameReplayBuffer.bytes_needed(capacity)
+    assert total / capacity <= 7.5 * 1024
+    assert set(vars(buffer)) >= {"frames", "actions", "rewards", "terminated", "has_transition", "offset"}
+    ids_before = [id(a) for a in arrays]
+    fill(buffer, Stream(0, shape=(84, 84)), 2 * capacity // 10)
+    assert [id(a) for a in (buffer.frames, buffer.actions, buffer.rewards, buffer.terminated,
+                            buffer.has_transition, buffer.offset)] == ids_before
+
+
+def test_sample_types():
+    buffer = FrameReplayBuffer(32, STACK, (84, 84), torch.device("cpu"), np.random.default_rng(0))
+    fill(buffer, Stream(0, shape=(84, 84)), 40)
+    batch = buffer.sample(8)
+    assert batch.obs.dtype == torch.uint8 and batch.obs.shape == (8, 4, 84, 84)
+    assert batch.next_obs.dtype == torch.uint8 and batch.next_obs.shape == (8, 4, 84, 84)
+    assert batch.actions.dtype == torch.int64 and batch.rewards.dtype == torch.float32
+    assert batch.terminated.dtype == torch.float32
+
+
+def test_same_seed_same_samples():
+    def draw(seed):
+        buffer = FrameReplayBuffer(50, STACK, (5, 6), torch.device("cpu"), np.random.default_rng(seed))
+        fill(buffer, Stream(0), 120)
+        return buffer.sample(32).rewards
+
+    assert torch.equal(draw(7), draw(7))
+    assert not torch.equal(draw(7), draw(8))
