@@ -244,6 +244,11 @@ def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> floa
     return max(end_e, start_e + (end_e - start_e) * t / duration)
 
 
+def gradient_steps_due(training_steps: int, replay_ratio: Fraction) -> int:
+    """Gradient steps owed after ``training_steps`` agent steps past warm-up: exactly floor(steps * ratio)."""
+    return training_steps * replay_ratio.numerator // replay_ratio.denominator
+
+
 def atari_env_ids() -> list[str]:
     import ale_py
     import gymnasium as gym
@@ -296,6 +301,17 @@ def argument_error(args: Args) -> str | None:
     return None
 
 
+def log_dormant_fractions(writer, scores: dict[str, torch.Tensor], step: int, taus: list[float]) -> dict[float, float]:
+    """Logs the dormant fractions per layer and in total at each tau; returns the totals by tau."""
+    totals = {}
+    for tau in taus:
+        fractions = dormant_fractions(scores, tau)
+        for name, fraction in fractions.items():
+            writer.add_scalar(f"dormant/tau={tau:g}/{name}", fraction, step)
+        totals[tau] = fractions["total"]
+    return totals
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -334,6 +350,8 @@ def main(args: Args) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    while os.path.exists(f"runs/{run_name}"):  # two runs started in the same second
+        run_name += "_"
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text(
         "hyperparameters",
@@ -367,8 +385,8 @@ def main(args: Args) -> None:
         optimizer.step()
         return loss.detach(), q_taken.detach().mean()
 
-    # An exact replay-ratio schedule: after k training-phase steps, floor(k * ratio) gradient steps.
-    replay_ratio = Fraction(str(args.replay_ratio))
+    dormant_taus = sorted({*DORMANT_TAUS, args.redo_tau})
+    replay_ratio = Fraction(str(args.replay_ratio))  # exact: 0.1 is 1/10, not 0.1000000000000000055
     gradient_steps = episode_steps = 0
     last_return, last_dormant = float("nan"), float("nan")
     start_time = last_print = time.time()
@@ -394,9 +412,11 @@ def main(args: Args) -> None:
         if terminated or truncated:
             obs, _ = env.reset()
 
+        if global_step == args.learning_starts:  # the fractions at initialization
+            scores = dormant_scores(q_network, rb.sample(args.redo_batch_size).obs)
+            last_dormant = log_dormant_fractions(writer, scores, global_step, dormant_taus)[args.redo_tau]
         if global_step >= args.learning_starts:
-            steps_since_start = global_step - args.learning_starts + 1
-            while gradient_steps < steps_since_start * replay_ratio.numerator // replay_ratio.denominator:
+            while gradient_steps < gradient_steps_due(global_step - args.learning_starts + 1, replay_ratio):
                 loss, q_mean = train_step(rb.sample(args.batch_size))
                 gradient_steps += 1
 
@@ -407,21 +427,17 @@ def main(args: Args) -> None:
                     writer.add_scalar("charts/SPS", sps, global_step)
                     writer.add_scalar("charts/gradient_steps", gradient_steps, global_step)
 
-                if gradient_steps == 1 or gradient_steps % args.redo_interval == 0:
+                if gradient_steps % args.redo_interval == 0:
                     states = rb.sample(args.redo_batch_size).obs
-                    if args.enable_redo and gradient_steps % args.redo_interval == 0:
+                    if args.enable_redo:
                         result = recycle_dormant(q_network, optimizer, states, tau=args.redo_tau)
-                        scores = result["scores"]
+                        scores = result["scores"]  # from before this recycling
                         for name, count in result["recycled"].items():
                             writer.add_scalar(f"redo/recycled/{name}", count, global_step)
                         writer.add_scalar("redo/recycled/total", sum(result["recycled"].values()), global_step)
                     else:
                         scores = dormant_scores(q_network, states)
-                    # Fractions before this check's recycling: what the network looked like.
-                    for tau in DORMANT_TAUS:
-                        for name, fraction in dormant_fractions(scores, tau).items():
-                            writer.add_scalar(f"dormant/tau={tau:g}/{name}", fraction, global_step)
-                    last_dormant = dormant_fractions(scores, args.redo_tau)["total"]
+                    last_dormant = log_dormant_fractions(writer, scores, global_step, dormant_taus)[args.redo_tau]
 
             if global_step % args.target_network_frequency == 0:
                 target_network.load_state_dict(q_network.state_dict())

@@ -1,0 +1,180 @@
+"""dqn_redo.py end to end on the real game, and its pieces."""
+
+import math
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dqn_redo import Args, QNetwork, gradient_steps_due, main, make_env
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["conv1", "conv2", "conv3", "fc1"]
+
+
+def run_script(cwd: Path, *flags: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, str(ROOT / "dqn_redo.py"), *flags], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def only_run(cwd: Path) -> Path:
+    runs = list((cwd / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    result = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    result["_tensors"] = events.Tags()["tensors"]
+    return result
+
+
+SMALL_RUN = ["--total-timesteps", "3000", "--learning-starts", "1000", "--buffer-size", "5000",
+             "--redo-interval", "50", "--log-interval", "20", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def redo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    cwd = tmp_path_factory.mktemp("e2e")
+    result = run_script(cwd, "--env-id", "DemonAttack-v4", "--enable-redo", *SMALL_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, scalars(only_run(cwd))
+
+
+def test_end_to_end_logs_every_tag(redo_run):
+    result, logged = redo_run
+    expected = ["charts/episodic_return", "charts/episodic_length", "charts/epsilon", "charts/SPS",
+                "losses/td_loss", "losses/q_values", "charts/gradient_steps", "redo/recycled/total"]
+    expected += [f"dormant/tau={tau}/{layer}" for tau in ("0", "0.025", "0.1") for layer in LAYERS + ["total"]]
+    expected += [f"redo/recycled/{layer}" for layer in LAYERS]
+    assert set(expected) <= set(logged), sorted(set(expected) - set(logged))
+    assert not any(tag.endswith("/q") for tag in logged)  # the output layer is never scored
+    assert "hyperparameters/text_summary" in logged["_tensors"]
+    assert "step 3,000/3,000" in result.stderr and "SPS" in result.stderr and "ETA" in result.stderr
+
+
+def test_end_to_end_values_are_sane(redo_run):
+    _, logged = redo_run
+    # 2000 training steps at replay ratio 0.25: exactly 500 gradient steps.
+    assert logged["charts/gradient_steps"][-1] == (2999, 500)
+    # Dormant fractions at the first training step, before any update, then every 50 gradient steps.
+    dormant = logged["dormant/tau=0.1/total"]
+    assert dormant[0][0] == 1000 and len(dormant) == 1 + 500 // 50  # at initialization, then every 50
+    for tau in ("0", "0.025", "0.1"):
+        for layer in LAYERS + ["total"]:
+            assert all(0 <= v <= 1 for _, v in logged[f"dormant/tau={tau}/{layer}"])
+    # Inclusive thresholds: more neurons are dormant at a higher tau.
+    for (_, zero), (_, small), (_, large) in zip(logged["dormant/tau=0/total"], logged["dormant/tau=0.025/total"], dormant):
+        assert zero <= small <= large
+    # The total pools 672 neurons: 32 + 64 + 64 + 512.
+    step_fractions = {layer: logged[f"dormant/tau=0.1/{layer}"][0][1] for layer in LAYERS}
+    pooled = (32 * step_fractions["conv1"] + 64 * step_fractions["conv2"] + 64 * step_fractions["conv3"]
+              + 512 * step_fractions["fc1"]) / 672
+    assert dormant[0][1] == pytest.approx(pooled, abs=1e-6)
+    recycled = logged["redo/recycled/total"]
+    assert len(recycled) == 500 // 50 and sum(v for _, v in recycled) > 0
+    assert all(v == int(v) and 0 <= v <= 672 for _, v in recycled)
+    assert all(math.isfinite(v) and v >= 0 for _, v in logged["losses/td_loss"])
+    assert all(0.01 <= v <= 1 for _, v in logged["charts/epsilon"])
+    assert all(v >= 0 for _, v in logged["charts/episodic_return"])
+    assert all(v > 0 for _, v in logged["charts/episodic_length"])
+
+
+def test_same_seed_gives_identical_losses(tmp_path):
+    flags = ["--total-timesteps", "1200", "--learning-starts", "400", "--buffer-size", "2000", "--replay-ratio", "0.5",
+             "--redo-interval", "40", "--log-interval", "10", "--enable-redo"]
+    losses = []
+    for name in ("a", "b"):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        result = run_script(cwd, *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        logged = scalars(only_run(cwd))
+        losses.append((logged["losses/td_loss"], logged["dormant/tau=0.1/total"], logged["redo/recycled/total"]))
+    assert len(losses[0][0]) == 40
+    assert losses[0] == losses[1]
+
+
+def test_save_model_and_evaluate(tmp_path):
+    result = run_script(tmp_path, "--env-id", "Pong-v4", "--save-model", "--eval-episodes", "1",
+                        "--total-timesteps", "400", "--learning-starts", "200", "--buffer-size", "1000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = only_run(tmp_path)
+    saved = torch.load(run_dir / "dqn_redo.pt", weights_only=False)
+    assert saved["args"]["env_id"] == "Pong-v4"
+    QNetwork(6).load_state_dict(saved["model"])
+    evaluation = scalars(run_dir)["eval/episodic_return"]
+    assert len(evaluation) == 1 and -21 <= evaluation[0][1] <= 21
+
+
+@pytest.mark.parametrize("env_id, sticky", [("DemonAttack-v4", 0.0), ("DemonAttackNoFrameskip-v4", 0.0),
+                                            ("ALE/DemonAttack-v5", 0.25)])
+def test_four_emulator_frames_per_agent_step(env_id, sticky):
+    env = make_env(env_id, seed=0)
+    ale = env.unwrapped.ale
+    assert ale.getFloat("repeat_action_probability") == pytest.approx(sticky)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        before = ale.getEpisodeFrameNumber()
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        assert ale.getEpisodeFrameNumber() - before == 4
+        if terminated or truncated:
+            env.reset()
+    obs, _ = env.reset()
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    env.close()
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0, 2.0, 0.1, 0.3, 1.5])
+def test_replay_ratio_schedule_is_exact(ratio):
+    fraction = Fraction(str(ratio))
+    done, per_step = 0, []
+    for k in range(1, 1001):
+        due = gradient_steps_due(k, fraction)
+        per_step.append(due - done)
+        done = due
+    assert done == round(1000 * ratio)
+    if ratio == 0.25:
+        assert [i + 1 for i, n in enumerate(per_step) if n] [:3] == [4, 8, 12]
+    if ratio == 2.0:
+        assert set(per_step) == {2}
+    assert max(per_step) - min(per_step) <= 1  # evenly spread
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"env_id": "DemonAtack-v4"}, "did you mean DemonAttack-v4"),
+    ({"env_id": "CartPole-v1"}, "unknown Atari env id"),
+    ({"redo_tau": -0.1}, "--redo-tau"),
+    ({"redo_interval": 0}, "--redo-interval"),
+    ({"replay_ratio": 0.0}, "--replay-ratio"),
+    ({"replay_ratio": -1.0}, "--replay-ratio"),
+    ({"batch_size": 0}, "--batch-size"),
+    ({"redo_batch_size": -5}, "--redo-batch-size"),
+    ({"buffer_size": 16}, "--buffer-size"),
+    ({"learning_starts": 31}, "--learning-starts"),
+    ({"buffer_size": 10**9}, "GiB is available"),
+])
+def test_bad_input_exits_2_before_creating_anything(overrides, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(Args(**overrides))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_input_from_the_command_line(tmp_path):
+    result = run_script(tmp_path, "--redo-tau", "-1", timeout=60)
+    assert result.returncode == 2 and "--redo-tau must be >= 0" in result.stderr
+    assert not (tmp_path / "runs").exists()
