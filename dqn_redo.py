@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +41,12 @@ class Args:
     """sets `torch.backends.cudnn.deterministic`"""
     cuda: bool = True
     """use the GPU when there is one (otherwise the CPU)"""
+    compile: bool = True
+    """run the whole update step (loss, backward, Adam) under torch.compile; falls back to eager if it fails"""
+    channels_last: bool = True
+    """keep conv weights and activations in channels_last memory format (faster convolutions)"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default); use 1 per process when running several at once"""
     env_id: str = "DemonAttack-v4"
     """Atari id: `DemonAttack-v4`, `DemonAttackNoFrameskip-v4` or `ALE/DemonAttack-v5` (sticky actions 0.25); each gives 4 emulator frames per agent step"""
     total_timesteps: int = 2_500_000
@@ -240,6 +246,44 @@ class QNetwork(nn.Module):
         return self.q(x)
 
 
+def make_train_step(q_network: nn.Module, target_network: nn.Module, optimizer: torch.optim.Optimizer, gamma: float,
+                    compile: bool) -> Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]:
+    """One DQN update: Huber loss on the max target, backward, Adam step. Returns (loss, mean Q) as
+    tensors, so that nothing waits for the device unless they are read. With ``compile``, the whole
+    update runs under torch.compile; ReDo's in-place edits of weights and Adam state are seen by it
+    as they are by eager code (same tensors). If compiling fails, it warns once and runs eagerly."""
+
+    def train_step(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            target_max = target_network(batch.next_obs).max(dim=1).values
+            td_target = batch.rewards + gamma * target_max * (1 - batch.terminated)
+        q_taken = q_network(batch.obs).gather(1, batch.actions[:, None]).squeeze(1)
+        loss = F.smooth_l1_loss(q_taken, td_target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), q_taken.detach().mean()
+
+    if not compile:
+        return train_step
+    compiled_step, first_call = torch.compile(train_step), True
+
+    def train_step_compiled(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal compiled_step, first_call
+        if not first_call:
+            return compiled_step(batch)
+        first_call = False
+        try:  # compilation happens here, before anything of the step has run
+            return compiled_step(batch)
+        except Exception as error:  # e.g. no C++ compiler on the machine
+            reason = (str(error).strip().splitlines() or [""])[0][:200]
+            print(f"warning: torch.compile failed ({type(error).__name__}: {reason}); training eagerly", file=sys.stderr)
+            compiled_step = train_step
+            return train_step(batch)
+
+    return train_step_compiled
+
+
 def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> float:
     return max(end_e, start_e + (end_e - start_e) * t / duration)
 
@@ -270,6 +314,8 @@ def available_memory_bytes() -> int | None:
 
 def argument_error(args: Args) -> str | None:
     """The first thing wrong with the arguments, as a one-line message, or None."""
+    if args.torch_threads < 0:
+        return f"--torch-threads must be >= 0, got {args.torch_threads}"
     positive = ["total_timesteps", "buffer_size", "batch_size", "target_network_frequency", "epsilon_decay_steps",
                 "redo_interval", "redo_batch_size", "log_interval", "eval_episodes"]
     for name in positive:
@@ -358,6 +404,8 @@ def main(args: Args) -> None:
         "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
     )
 
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -368,22 +416,14 @@ def main(args: Args) -> None:
 
     env = make_env(args.env_id, args.seed)
     n_actions = env.action_space.n
-    q_network = QNetwork(n_actions).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    q_network = QNetwork(n_actions).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps)
-    target_network = QNetwork(n_actions).to(device)
+    target_network = QNetwork(n_actions).to(device, memory_format=memory_format)
     target_network.load_state_dict(q_network.state_dict())
     rb = FrameReplayBuffer(args.buffer_size, 4, (84, 84), device, rng)
 
-    def train_step(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            target_max = target_network(batch.next_obs).max(dim=1).values
-            td_target = batch.rewards + args.gamma * target_max * (1 - batch.terminated)
-        q_taken = q_network(batch.obs).gather(1, batch.actions[:, None]).squeeze(1)
-        loss = F.smooth_l1_loss(q_taken, td_target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), q_taken.detach().mean()
+    train_step = make_train_step(q_network, target_network, optimizer, args.gamma, args.compile)
 
     dormant_taus = sorted({*DORMANT_TAUS, args.redo_tau})
     replay_ratio = Fraction(str(args.replay_ratio))  # exact: 0.1 is 1/10, not 0.1000000000000000055

@@ -222,7 +222,8 @@ def recycle_dormant(
         if not mask.any():
             continue
         layer = record.module
-        fresh = torch.empty_like(layer.weight)
+        # Contiguous, so the same seed gives the same weights whatever the layer's memory format.
+        fresh = torch.empty(layer.weight.shape, dtype=layer.weight.dtype, device=layer.weight.device)
         init_fn(fresh)
         layer.weight[mask] = fresh[mask]
         _zero_optimizer_entries(optimizer, layer.weight, (mask,), reset_optimizer_step)

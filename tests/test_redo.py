@@ -408,3 +408,16 @@ def test_negative_tau_rejected():
     model = Wrapped(nature_cnn())
     with pytest.raises(ValueError, match="tau"):
         recycle_dormant(model, None, frames(2), tau=-0.1)
+
+
+def test_redraw_does_not_depend_on_memory_format():
+    x = frames(16)
+    nets = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        model = Wrapped(nature_cnn()).to(memory_format=memory_format)
+        force_dormant(model, CONV2, [0, 9])
+        torch.manual_seed(5)
+        recycle_dormant(model, None, x, tau=0.0)
+        nets.append(model)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
