@@ -10,10 +10,14 @@ epsilon 1.0 -> 0.01 over 250k agent steps, replay ratio 0.25, 4 frames per agent
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 import difflib
 import os
 import random
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -89,6 +93,17 @@ class Args:
     """full-game episodes of the evaluation after --save-model"""
     eval_epsilon: float = 0.001
     """epsilon of the evaluation"""
+    checkpoint_interval: int = 100_000
+    """agent steps between checkpoints (runs/<run>/checkpoint.pt), plus one at the end so the run can be extended; 0: only on Ctrl-C/SIGTERM"""
+    checkpoint_buffer: bool = False
+    """also save the replay buffer in checkpoints (about 7.1 KB per transition: 7 GB at 1M); then a resumed run is identical to an uninterrupted one"""
+    resume: str | None = None
+    """a run folder or checkpoint file to continue; its saved arguments are the defaults, and only --total-timesteps, logging, checkpointing, evaluation and speed options may change"""
+
+
+CHANGEABLE_ON_RESUME = {"total_timesteps", "log_interval", "checkpoint_interval", "checkpoint_buffer", "save_model",
+                        "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "torch_threads", "resume",
+                        "exp_name"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -142,6 +157,7 @@ class FrameReplayBuffer:
     """
 
     SLOT_BYTES = 84 * 84 + 4 + 4 + 1 + 1 + 1  # frame, action, reward, terminated, has_transition, offset
+    _ARRAYS = ("frames", "actions", "rewards", "terminated", "has_transition", "offset")
 
     def __init__(self, capacity: int, stack: int, frame_shape: tuple[int, int], device: torch.device, rng: np.random.Generator):
         self.capacity, self.stack, self.device, self.rng = capacity, stack, device, rng
@@ -151,8 +167,8 @@ class FrameReplayBuffer:
         self.terminated = np.zeros(capacity, dtype=np.bool_)
         self.has_transition = np.zeros(capacity, dtype=np.bool_)
         self.offset = np.zeros(capacity, dtype=np.uint8)
-        for array in (self.frames, self.actions, self.rewards, self.terminated, self.has_transition, self.offset):
-            array.fill(0)  # touch every page now: a buffer too big for the machine fails here, not hours later
+        for name in self._ARRAYS:
+            getattr(self, name).fill(0)  # touch every page now: a buffer too big for the machine fails here, not hours later
         self.head = 0  # next slot to write
         self.slots_written = 0
         self.current = 0  # slot of the newest frame, whose transition is not complete yet
@@ -209,6 +225,18 @@ class FrameReplayBuffer:
             if len(chosen) >= n:
                 return chosen[:n]
         raise ValueError("the replay buffer holds no complete transition to sample")
+
+    def state_dict(self) -> dict:
+        """The stored data as tensors sharing the arrays' memory (no copy), and the write position."""
+        arrays = {name: torch.from_numpy(getattr(self, name)) for name in self._ARRAYS}
+        return {**arrays, "head": self.head, "slots_written": self.slots_written, "current": self.current,
+                "episode_open": self.episode_open}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self._ARRAYS:
+            np.copyto(getattr(self, name), state[name].numpy())
+        self.head, self.slots_written = state["head"], state["slots_written"]
+        self.current, self.episode_open = state["current"], state["episode_open"]
 
     def sample(self, n: int) -> Batch:
         slots = self.sample_slots(n)
@@ -316,6 +344,8 @@ def argument_error(args: Args) -> str | None:
     """The first thing wrong with the arguments, as a one-line message, or None."""
     if args.torch_threads < 0:
         return f"--torch-threads must be >= 0, got {args.torch_threads}"
+    if args.checkpoint_interval < 0:
+        return f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}"
     positive = ["total_timesteps", "buffer_size", "batch_size", "target_network_frequency", "epsilon_decay_steps",
                 "redo_interval", "redo_batch_size", "log_interval", "eval_episodes"]
     for name in positive:
@@ -384,24 +414,111 @@ def evaluate(q_network: nn.Module, args: Args, device: torch.device) -> list[flo
 
 
 # ---------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+_WRAPPER_STATE_TYPES = (int, float, np.ndarray, collections.deque, np.random.Generator)
+
+
+def env_state(env) -> dict:
+    """What the environment needs to continue exactly: the emulator with its RNG, and the counters,
+    frame stacks and RNGs of every wrapper (lives, episode return, noop RNG, ...)."""
+    layers, layer = [], env
+    while layer is not None:
+        layers.append({k: copy.deepcopy(v) for k, v in vars(layer).items() if isinstance(v, _WRAPPER_STATE_TYPES)})
+        layer = getattr(layer, "env", None)
+    return {"layers": layers, "ale": env.unwrapped.ale.cloneState(include_rng=True)}
+
+
+def restore_env_state(env, state: dict) -> None:
+    layer = env
+    for saved in state["layers"]:
+        for key, value in saved.items():
+            setattr(layer, key, copy.deepcopy(value))
+        layer = getattr(layer, "env", None)
+    env.unwrapped.ale.restoreState(state["ale"])
+
+
+def save_checkpoint(checkpoint: dict, run_dir: str) -> bool:
+    """Writes run_dir/checkpoint.pt atomically: a crash or a full disk leaves the previous one intact."""
+    path = os.path.join(run_dir, "checkpoint.pt")
+    tmp_path = path + ".tmp"
+    buffer = checkpoint.get("buffer")
+    needed = sum(t.nbytes for t in buffer.values() if isinstance(t, torch.Tensor)) if buffer else 0
+    try:
+        free = shutil.disk_usage(run_dir).free
+        if needed > free:
+            raise OSError(f"the replay buffer needs {needed / 2**30:.1f} GiB and the disk has {free / 2**30:.1f} GiB free")
+        with open(tmp_path, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_path, path)
+        return True
+    except OSError as error:
+        print(f"\nwarning: could not write the checkpoint {path} ({error}); the previous one is kept, training goes on",
+              file=sys.stderr)
+        try:
+            os.remove(tmp_path)
+        except OSError:
+            pass
+        return False
+
+
+def load_checkpoint(path: str) -> tuple[dict | None, str | None]:
+    """(checkpoint, None), or (None, a one-line error)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(path):
+        return None, f"no checkpoint at {path}: --resume takes a run folder or its checkpoint.pt"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:
+        return None, f"{path} is not a readable checkpoint ({type(error).__name__}: {error})"
+    checkpoint["run_dir"] = os.path.dirname(path)  # wherever the run folder is now
+    return checkpoint, None
+
+
+def resume_mismatch(args: Args, saved: dict) -> str | None:
+    for key, value in saved.items():
+        if key not in CHANGEABLE_ON_RESUME and getattr(args, key) != value:
+            flag = f"--{key.replace('_', '-')}"
+            return (f"cannot resume with {flag} {getattr(args, key)}: the run was made with {flag} {value} "
+                    "(only --total-timesteps, logging, checkpointing, evaluation and speed options may change)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
 # Training
 
 
 def main(args: Args) -> None:
     error = argument_error(args)
+    checkpoint = None
+    if error is None and args.resume is not None:
+        checkpoint, error = load_checkpoint(args.resume)
+        if error is None:
+            error = resume_mismatch(args, checkpoint["args"])
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    while os.path.exists(f"runs/{run_name}"):  # two runs started in the same second
-        run_name += "_"
-    writer = SummaryWriter(f"runs/{run_name}")
+    if checkpoint is None:
+        run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        while os.path.exists(f"runs/{run_name}"):  # two runs started in the same second
+            run_name += "_"
+        run_dir = f"runs/{run_name}"
+    else:
+        run_dir = checkpoint["run_dir"]
+    start_step = checkpoint["global_step"] if checkpoint else 0
+    # purge_step drops what an interrupted run logged after its checkpoint: curves continue without duplicates.
+    writer = SummaryWriter(run_dir, purge_step=start_step if checkpoint else None)
     writer.add_text(
-        "hyperparameters",
+        "hyperparameters" if checkpoint is None else f"resumed at step {start_step}",
         "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
+        start_step,
     )
 
     if args.torch_threads > 0:
@@ -412,7 +529,8 @@ def main(args: Args) -> None:
     torch.backends.cudnn.deterministic = args.torch_deterministic
     rng = np.random.default_rng(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"run {run_name} on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(f"{'resuming' if checkpoint else 'run'} {run_dir} at step {start_step:,} on {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
 
     env = make_env(args.env_id, args.seed)
     n_actions = env.action_space.n
@@ -422,16 +540,74 @@ def main(args: Args) -> None:
     target_network = QNetwork(n_actions).to(device, memory_format=memory_format)
     target_network.load_state_dict(q_network.state_dict())
     rb = FrameReplayBuffer(args.buffer_size, 4, (84, 84), device, rng)
-
     train_step = make_train_step(q_network, target_network, optimizer, args.gamma, args.compile)
+
+    obs, _ = env.reset(seed=args.seed)
+    counters = {"gradient_steps": 0, "training_steps": 0, "warmup_left": args.learning_starts, "episode_steps": 0,
+                "last_return": float("nan"), "last_dormant": float("nan")}
+    if checkpoint is not None:
+        q_network.load_state_dict(checkpoint["q_network"])
+        target_network.load_state_dict(checkpoint["target_network"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_env_state(env, checkpoint["env"])
+        obs = checkpoint["obs"]
+        counters.update(checkpoint["counters"])
+        random.setstate(checkpoint["rng"]["python"])
+        np.random.set_state(checkpoint["rng"]["numpy"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        rng.bit_generator.state = checkpoint["rng"]["generator"]
+        if checkpoint["buffer"] is not None:
+            rb.load_state_dict(checkpoint["buffer"])
+        else:  # refill the replay before training again; the schedules continue where they were
+            counters["warmup_left"] = args.learning_starts
+            print(f"the checkpoint has no replay buffer: refilling {args.learning_starts:,} steps before training")
+        del checkpoint
+
+    def make_checkpoint(next_step: int) -> dict:
+        return {
+            "args": dataclasses.asdict(args), "run_dir": run_dir, "global_step": next_step, "counters": dict(counters),
+            "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
+            "optimizer": optimizer.state_dict(), "env": env_state(env), "obs": obs,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                    "generator": rng.bit_generator.state},
+            "buffer": rb.state_dict() if args.checkpoint_buffer else None,
+        }
+
+    # First gradient step whose loss or mean Q was not finite, tracked on the device: no sync per step.
+    step_counter = torch.zeros((), dtype=torch.long, device=device)
+    first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
+
+    def stop_if_diverged(global_step: int) -> None:
+        bad_step = int(first_nonfinite.item())
+        if bad_step >= 0:
+            print(f"\nerror: the TD loss or Q-values became NaN or infinite at gradient step {bad_step:,} (detected at "
+                  f"agent step {global_step:,}); stopping without overwriting the last checkpoint in {run_dir}",
+                  file=sys.stderr)
+            writer.close()
+            sys.exit(3)
+
+    stop_signal = None
+
+    def request_stop(signum, frame):
+        nonlocal stop_signal
+        if stop_signal is not None:
+            print(f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr)
+            os._exit(128 + signum)
+        stop_signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+              "(send it again to exit at once)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
 
     dormant_taus = sorted({*DORMANT_TAUS, args.redo_tau})
     replay_ratio = Fraction(str(args.replay_ratio))  # exact: 0.1 is 1/10, not 0.1000000000000000055
-    gradient_steps = episode_steps = 0
-    last_return, last_dormant = float("nan"), float("nan")
     start_time = last_print = time.time()
-    obs, _ = env.reset(seed=args.seed)
-    for global_step in range(args.total_timesteps):
+    global_step = start_step - 1
+    for global_step in range(start_step, args.total_timesteps):
         epsilon = linear_schedule(args.start_e, args.end_e, args.epsilon_decay_steps, global_step)
         if rng.random() < epsilon:
             action = int(rng.integers(n_actions))
@@ -442,32 +618,40 @@ def main(args: Args) -> None:
         next_obs, reward, terminated, truncated, info = env.step(action)
         rb.add(obs, action, float(np.clip(reward, -1.0, 1.0)), next_obs, terminated, truncated)
         obs = next_obs
-        episode_steps += 1
+        counters["episode_steps"] += 1
         if "episode" in info:  # the real game ended, not just a life
-            last_return = float(info["episode"]["r"])
-            writer.add_scalar("charts/episodic_return", last_return, global_step)
-            writer.add_scalar("charts/episodic_length", episode_steps, global_step)  # agent steps
-            episode_steps = 0
+            counters["last_return"] = float(info["episode"]["r"])
+            writer.add_scalar("charts/episodic_return", counters["last_return"], global_step)
+            writer.add_scalar("charts/episodic_length", counters["episode_steps"], global_step)  # agent steps
             writer.add_scalar("charts/epsilon", epsilon, global_step)
+            counters["episode_steps"] = 0
         if terminated or truncated:
             obs, _ = env.reset()
 
-        if global_step == args.learning_starts:  # the fractions at initialization
-            scores = dormant_scores(q_network, rb.sample(args.redo_batch_size).obs)
-            last_dormant = log_dormant_fractions(writer, scores, global_step, dormant_taus)[args.redo_tau]
-        if global_step >= args.learning_starts:
-            while gradient_steps < gradient_steps_due(global_step - args.learning_starts + 1, replay_ratio):
+        if counters["warmup_left"] > 0:
+            counters["warmup_left"] -= 1
+        else:
+            if counters["training_steps"] == 0:  # the fractions at initialization, before any update
+                scores = dormant_scores(q_network, rb.sample(args.redo_batch_size).obs)
+                counters["last_dormant"] = log_dormant_fractions(writer, scores, global_step, dormant_taus)[args.redo_tau]
+            counters["training_steps"] += 1
+            while counters["gradient_steps"] < gradient_steps_due(counters["training_steps"], replay_ratio):
                 loss, q_mean = train_step(rb.sample(args.batch_size))
-                gradient_steps += 1
+                counters["gradient_steps"] += 1
+                step_counter += 1
+                first_nonfinite = torch.where(
+                    (first_nonfinite < 0) & ~torch.isfinite(loss + q_mean), step_counter, first_nonfinite)
+                gradient_steps = counters["gradient_steps"]
 
                 if gradient_steps % args.log_interval == 0:
-                    sps = int(global_step / (time.time() - start_time))
+                    stop_if_diverged(global_step)
                     writer.add_scalar("losses/td_loss", loss.item(), global_step)
                     writer.add_scalar("losses/q_values", q_mean.item(), global_step)
-                    writer.add_scalar("charts/SPS", sps, global_step)
+                    writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
                     writer.add_scalar("charts/gradient_steps", gradient_steps, global_step)
 
                 if gradient_steps % args.redo_interval == 0:
+                    stop_if_diverged(global_step)
                     states = rb.sample(args.redo_batch_size).obs
                     if args.enable_redo:
                         result = recycle_dormant(q_network, optimizer, states, tau=args.redo_tau)
@@ -477,23 +661,37 @@ def main(args: Args) -> None:
                         writer.add_scalar("redo/recycled/total", sum(result["recycled"].values()), global_step)
                     else:
                         scores = dormant_scores(q_network, states)
-                    last_dormant = log_dormant_fractions(writer, scores, global_step, dormant_taus)[args.redo_tau]
+                    counters["last_dormant"] = log_dormant_fractions(writer, scores, global_step, dormant_taus)[args.redo_tau]
 
             if global_step % args.target_network_frequency == 0:
                 target_network.load_state_dict(q_network.state_dict())
 
+        if stop_signal is not None or (args.checkpoint_interval and (global_step + 1) % args.checkpoint_interval == 0):
+            stop_if_diverged(global_step)
+            save_checkpoint(make_checkpoint(global_step + 1), run_dir)
+        if stop_signal is not None:
+            writer.close()
+            print(f"stopped at step {global_step + 1:,}; continue with: python {os.path.basename(__file__)} "
+                  f"--resume {run_dir}", file=sys.stderr)
+            sys.exit(128 + stop_signal)
+
         if time.time() - last_print > (2 if sys.stderr.isatty() else 60) or global_step == args.total_timesteps - 1:
-            elapsed, last_print = time.time() - start_time, time.time()
-            sps = (global_step + 1) / elapsed
+            last_print = time.time()
+            sps = (global_step + 1 - start_step) / (last_print - start_time)
+            eta = "warming up" if counters["warmup_left"] > 0 else (
+                f"ETA {format_duration((args.total_timesteps - global_step - 1) / sps)}")
             line = (f"step {global_step + 1:,}/{args.total_timesteps:,} | {sps:.0f} SPS | eps {epsilon:.3f} | "
-                    f"return {last_return:.0f} | dormant(tau={args.redo_tau:g}) {100 * last_dormant:.1f}% | "
-                    f"ETA {format_duration((args.total_timesteps - global_step - 1) / sps)}")
+                    f"return {counters['last_return']:.0f} | dormant(tau={args.redo_tau:g}) "
+                    f"{100 * counters['last_dormant']:.1f}% | {eta}")
             print(f"\r{line}" if sys.stderr.isatty() else line, end="" if sys.stderr.isatty() else "\n",
                   file=sys.stderr, flush=True)
     print(file=sys.stderr)
+    stop_if_diverged(global_step)
+    if args.checkpoint_interval and (global_step + 1) % args.checkpoint_interval != 0:
+        save_checkpoint(make_checkpoint(global_step + 1), run_dir)  # so that the run can be extended
 
     if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.pt"
+        model_path = f"{run_dir}/{args.exp_name}.pt"
         torch.save({"model": q_network.state_dict(), "args": dataclasses.asdict(args)}, model_path)
         print(f"model saved to {model_path}")
         returns = evaluate(q_network, args, device)
@@ -506,4 +704,10 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    args = tyro.cli(Args)
+    if args.resume is not None:
+        saved, _ = load_checkpoint(args.resume)  # main() reports a missing or broken checkpoint
+        if saved is not None:
+            # The run's own arguments are the defaults: only what is given again on the command line changes.
+            args = tyro.cli(Args, default=Args(**{**saved["args"], "resume": args.resume}))
+    main(args)

@@ -1,0 +1,135 @@
+"""Checkpoints: exact resume, signals, divergence, disk errors, mismatched arguments."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dqn_redo
+from dqn_redo import env_state, load_checkpoint, make_env, restore_env_state, save_checkpoint
+from test_dqn import ROOT, only_run, run_script, scalars
+
+SMALL = ["--learning-starts", "300", "--buffer-size", "1000", "--replay-ratio", "0.5", "--redo-interval", "40",
+         "--log-interval", "10", "--enable-redo", "--no-compile", "--checkpoint-buffer", "--seed", "4"]
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "part").mkdir()
+    full = run_script(tmp_path / "full", *SMALL, "--total-timesteps", "1000", "--checkpoint-interval", "0")
+    assert full.returncode == 0, full.stderr[-2000:]
+    # Stopped at 450 (after an agent step in the middle of the replay-ratio schedule), then resumed.
+    part = run_script(tmp_path / "part", *SMALL, "--total-timesteps", "451", "--checkpoint-interval", "1000")
+    assert part.returncode == 0, part.stderr[-2000:]
+    run_dir = only_run(tmp_path / "part")
+    resumed = run_script(tmp_path / "part", "--resume", str(run_dir), "--total-timesteps", "1000")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert only_run(tmp_path / "part") == run_dir  # the same run folder
+    expected, got = scalars(only_run(tmp_path / "full")), scalars(run_dir)
+    for tag in ["losses/td_loss", "losses/q_values", "dormant/tau=0.1/total", "dormant/tau=0/fc1",
+                "redo/recycled/total", "charts/gradient_steps", "charts/SPS"]:
+        assert [step for step, _ in got[tag]] == [step for step, _ in expected[tag]], tag  # no duplicates
+        if tag != "charts/SPS":
+            assert got[tag] == expected[tag], tag
+    assert len(expected["losses/td_loss"]) == 35
+
+
+def test_sigint_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "dqn_redo.py"), *SMALL, "--total-timesteps", "100000", "--checkpoint-interval", "0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "runs").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(6)  # into training
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert "SIGINT: finishing this step" in err and "continue with: python dqn_redo.py --resume" in err
+    assert "Traceback" not in err
+    run_dir = only_run(tmp_path)
+    checkpoint, error = load_checkpoint(str(run_dir))
+    assert error is None and 0 < checkpoint["global_step"] < 100000
+    step = checkpoint["global_step"]
+    resumed = run_script(tmp_path, "--resume", str(run_dir), "--total-timesteps", str(step + 20))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"at step {step:,}" in resumed.stdout
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    result = run_script(tmp_path, *SMALL, "--learning-rate", "1e30", "--total-timesteps", "2000",
+                        "--checkpoint-interval", "200", "--log-interval", "5")
+    assert result.returncode == 3
+    assert "NaN or infinite at gradient step" in result.stderr
+    checkpoint, error = load_checkpoint(str(only_run(tmp_path)))
+    assert error is None and checkpoint["global_step"] == 200  # written in warm-up, before the first update
+    assert all(torch.isfinite(p).all() for p in checkpoint["q_network"].values())
+
+
+def test_resume_with_incompatible_arguments_is_rejected(tmp_path):
+    result = run_script(tmp_path, *SMALL, "--total-timesteps", "320", "--checkpoint-interval", "320")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = only_run(tmp_path)
+    before = sorted(os.listdir(run_dir))
+    for flags, message in [(["--env-id", "Pong-v4"], "--env-id Pong-v4: the run was made with --env-id DemonAttack-v4"),
+                           (["--replay-ratio", "2"], "--replay-ratio")]:
+        rejected = run_script(tmp_path, "--resume", str(run_dir), *flags, timeout=60)
+        assert rejected.returncode == 2 and message in rejected.stderr
+        assert len(rejected.stderr.strip().splitlines()) == 1
+    missing = run_script(tmp_path, "--resume", str(tmp_path / "nowhere"), timeout=60)
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
+    assert sorted(os.listdir(run_dir)) == before
+
+
+def test_disk_error_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    assert save_checkpoint({"global_step": 1}, str(tmp_path))
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def full_disk(obj, file):
+        file.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dqn_redo.torch, "save", full_disk)
+    assert not save_checkpoint({"global_step": 2}, str(tmp_path))
+    assert "No space left on device" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("env_id", ["DemonAttack-v4", "ALE/DemonAttack-v5"])
+def test_env_state_restores_the_game_exactly(env_id):
+    rng = np.random.default_rng(0)
+    actions = rng.integers(6, size=3000)
+    env = make_env(env_id, seed=0)
+    env.reset(seed=0)
+    for action in actions[:300]:
+        _, _, terminated, truncated, _ = env.step(int(action))
+        if terminated or truncated:
+            env.reset()
+    saved = env_state(env)
+
+    def play(e):
+        trace = []
+        for action in actions[300:]:
+            obs, reward, terminated, truncated, info = e.step(int(action))
+            episode = info.get("episode")  # its "t" is wall-clock time
+            trace.append((obs.tobytes(), reward, terminated, truncated, episode and (episode["r"], episode["l"])))
+            if terminated or truncated:
+                obs, _ = e.reset()
+                trace.append(obs.tobytes())
+        return trace
+
+    expected = play(env)
+    other = make_env(env_id, seed=123)
+    other.reset(seed=123)
+    restore_env_state(other, saved)
+    assert play(other) == expected
+    assert any(isinstance(t, bytes) for t in expected)  # an episode (life) ended along the way
+    assert any(t[4] for t in expected if isinstance(t, tuple))  # and a whole game
