@@ -1,0 +1,82 @@
+"""plot.py on synthetic event files written with TensorBoard's own writer."""
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+import plot
+
+
+def write_run(folder, env_id: str, replay_ratio: float, redo: bool, seed: int, steps: int, dormant_level: float):
+    writer = SummaryWriter(str(folder))
+    params = {"env_id": env_id, "replay_ratio": replay_ratio, "enable_redo": redo, "redo_tau": 0.1, "seed": seed}
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in params.items()))
+    rng = np.random.default_rng(seed)
+    for step in range(0, steps, 100):
+        writer.add_scalar("charts/episodic_return", 100 + step / 10 + rng.normal(), step)
+        for tau, scale in (("0", 0.5), ("0.1", 1.0)):
+            writer.add_scalar(f"dormant/tau={tau}/total", scale * dormant_level, step)
+            for layer in ("conv1", "conv2", "conv3", "fc1"):
+                writer.add_scalar(f"dormant/tau={tau}/{layer}", scale * dormant_level, step)
+    writer.close()
+
+
+@pytest.fixture
+def runs(tmp_path):
+    write_run(tmp_path / "a1", "DemonAttack-v4", 1.0, False, 1, 3000, 0.4)
+    write_run(tmp_path / "a2", "DemonAttack-v4", 1.0, False, 2, 2000, 0.5)  # shorter: still running
+    write_run(tmp_path / "b1", "DemonAttack-v4", 1.0, True, 1, 3000, 0.05)
+    write_run(tmp_path / "b2", "DemonAttack-v4", 1.0, True, 2, 3000, 0.05)
+    write_run(tmp_path / "c1", "DemonAttack-v4", 0.25, False, 1, 3000, 0.2)
+    write_run(tmp_path / "d1", "Pong-v4", 1.0, False, 1, 1000, 0.3)
+    (tmp_path / "not-a-run").mkdir()
+    return tmp_path
+
+
+def test_groups_curves_and_files(runs, tmp_path):
+    out = tmp_path / "img"
+    plot.main(plot.Args(paths=[str(runs)], out_dir=str(out), bootstrap_samples=200, note="synthetic"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{game}_{kind}.png" for game in ("DemonAttack-v4", "Pong-v4") for kind in ("return", "dormant", "dormant_layers"))
+    assert all((out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in [p.name for p in out.iterdir()])
+
+    loaded = [plot.load_run(d) for d in plot.find_run_dirs([str(runs)])]
+    figures = plot.make_figures(loaded, plot.Args(bootstrap_samples=200))
+    returns_ax = figures["DemonAttack-v4_return"].axes[0]
+    labels = [line.get_label() for line in returns_ax.get_lines()]
+    assert labels == ["DQN, RR 0.25 (n=1)", "DQN, RR 1 (n=2)", "DQN + ReDo (tau=0.1), RR 1 (n=2)"]
+    dormant_axes = figures["DemonAttack-v4_dormant"].axes
+    assert [len(ax.get_lines()) for ax in dormant_axes] == [3, 3]
+    assert len(figures["DemonAttack-v4_dormant_layers"].axes) == 4
+    assert all(len(ax.get_lines()) == 3 for ax in figures["DemonAttack-v4_dormant_layers"].axes)
+    assert len(figures["Pong-v4_return"].axes[0].get_lines()) == 1
+
+    # The baseline curve at tau = 0.1 is the mean of 40 % and 50 % where both runs have data, and
+    # 40 % alone past the shorter run's end; percentages on the y axis.
+    baseline = dormant_axes[1].get_lines()[1]
+    x, y = baseline.get_xdata(), baseline.get_ydata()
+    assert np.allclose(y[x < 1900], 45.0) and np.allclose(y[x > 2100], 40.0)
+
+
+def test_iqm_and_band():
+    assert plot.iqm(np.array([1.0, 2.0, 3.0, 100.0])) == pytest.approx(2.5)
+    assert plot.iqm(np.array([1.0, 3.0])) == pytest.approx(2.0)
+    per_run = np.array([[1.0, 2.0], [3.0, np.nan]])
+    center, low, high = plot.aggregate(per_run, lambda x, axis=None: np.mean(x, axis=axis), 500,
+                                       np.random.default_rng(0))
+    assert center.tolist() == [2.0, 2.0] and low[0] >= 1.0 and high[0] <= 3.0 and low[1] == high[1] == 2.0
+
+
+def test_table_lists_each_group(runs, capsys):
+    plot.main(plot.Args(paths=[str(runs / "b1"), str(runs / "b2")], out_dir=str(runs / "out"), bootstrap_samples=50))
+    table = capsys.readouterr().out
+    assert "| DemonAttack-v4 | DQN + ReDo (tau=0.1), RR 1 (n=2) | 2 | 2,901 |" in table
+    assert "| 5.0 (5.0, 5.0) |" in table
+
+
+def test_no_event_files_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "img")))
+    assert exit_info.value.code == 2
+    assert "no TensorBoard event files under" in capsys.readouterr().err
+    assert not (tmp_path / "img").exists()
