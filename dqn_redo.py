@@ -539,6 +539,8 @@ def main(args: Args) -> None:
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     target_network = QNetwork(n_actions).to(device, memory_format=memory_format)
     target_network.load_state_dict(q_network.state_dict())
+    print(f"allocating the replay buffer: {args.buffer_size:,} transitions, "
+          f"{FrameReplayBuffer.bytes_needed(args.buffer_size) / 2**30:.2f} GiB")
     rb = FrameReplayBuffer(args.buffer_size, 4, (84, 84), device, rng)
     train_step = make_train_step(q_network, target_network, optimizer, args.gamma, args.compile)
 

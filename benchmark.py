@@ -1,0 +1,161 @@
+"""Speed of dqn_redo.py on this machine: the update step, the whole training loop, replay sampling and ReDo.
+
+    python benchmark.py                 # about 15 minutes on a 2-core CPU
+    python benchmark.py --quick         # fewer and shorter repeats, to try it out
+
+Everything runs in this one process, one measurement after another, after a warm-up. Times are
+medians over repeats; ratios compare medians measured in this same run. Run it on an otherwise idle
+machine: another busy process changes the figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import tyro
+
+import dqn_redo
+from dqn_redo import Args as TrainArgs
+from dqn_redo import Batch, FrameReplayBuffer, QNetwork, make_train_step
+from redo import dormant_fractions, dormant_scores, recycle_dormant
+
+
+@dataclass
+class Args:
+    quick: bool = False
+    """fewer and shorter repeats"""
+    buffer_size: int = 1_000_000
+    """replay capacity for the sampling benchmark (filled with random frames)"""
+    loop_steps: int = 4000
+    """agent steps timed in each whole-loop run, after 2000 warm-up steps"""
+
+
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def random_batch(n: int = 32) -> Batch:
+    frames = lambda: torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8)
+    return Batch(frames(), torch.randint(0, 6, (n,)), torch.rand(n), frames(), torch.zeros(n))
+
+
+def update_step(compile: bool, channels_last: bool, repeats: int) -> tuple[float, float]:
+    """(median ms per update, seconds of the first call: compile warm-up)."""
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    q_network = QNetwork(6).to(memory_format=memory_format)
+    target_network = copy.deepcopy(q_network)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4)
+    step = make_train_step(q_network, target_network, optimizer, 0.99, compile)
+    batches = [random_batch() for _ in range(8)]
+    start = time.perf_counter()
+    step(batches[0])
+    first_call = time.perf_counter() - start
+    i = iter(range(10**9))
+    return median_ms(lambda: step(batches[next(i) % 8]), repeats), first_call
+
+
+def whole_loop(replay_ratio: float, fast: bool, loop_steps: int) -> float:
+    """Agent steps per second of dqn_redo.main in its training phase, from the logged wall times."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    warmup = 2000
+    with tempfile.TemporaryDirectory() as folder:
+        cwd = os.getcwd()
+        os.chdir(folder)
+        try:
+            dqn_redo.main(TrainArgs(total_timesteps=warmup + loop_steps, learning_starts=warmup, buffer_size=20_000,
+                                    replay_ratio=replay_ratio, compile=fast, channels_last=fast, enable_redo=True,
+                                    log_interval=25, checkpoint_interval=0, seed=1))
+            run_dir = os.path.join("runs", os.listdir("runs")[0])
+            events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+            events.Reload()
+            points = events.Scalars("charts/gradient_steps")
+        finally:
+            os.chdir(cwd)
+    # Windows between consecutive logs, leaving out the first quarter (compile warm-up).
+    points = points[len(points) // 4 :]
+    rates = [(b.step - a.step) / (b.wall_time - a.wall_time) for a, b in zip(points, points[1:])]
+    return statistics.median(rates)
+
+
+def main(args: Args) -> None:
+    repeats = 10 if args.quick else 40
+    loop_steps = 1000 if args.quick else args.loop_steps
+    rows = []
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+
+    eager_ms, _ = update_step(False, False, repeats)
+    channels_last_ms, _ = update_step(False, True, repeats)
+    fast_ms, compile_s = update_step(True, True, repeats)
+    rows += [("update step (batch 32), eager", f"{eager_ms:.1f} ms", "1.00x"),
+             ("update step, eager + channels_last", f"{channels_last_ms:.1f} ms", f"{eager_ms / channels_last_ms:.2f}x"),
+             ("update step, compiled + channels_last (default)", f"{fast_ms:.1f} ms", f"{eager_ms / fast_ms:.2f}x"),
+             ("compile warm-up (first update)", f"{compile_s:.1f} s", "")]
+
+    q_network = QNetwork(6).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4)
+    obs = torch.randint(0, 256, (1, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        act_ms = median_ms(lambda: q_network(obs).argmax(dim=1).item(), repeats * 5)
+    rows.append(("acting: Q-values of one state", f"{act_ms:.2f} ms", ""))
+
+    rng = np.random.default_rng(0)
+    buffer = FrameReplayBuffer(args.buffer_size, 4, (84, 84), torch.device("cpu"), rng)
+    stacks = rng.integers(0, 256, (64, 4, 84, 84), dtype=np.uint8)
+    first_obs = np.repeat(stacks[0, 3:], 4, axis=0)  # padded with its frame, as after a reset
+    for i in range(args.buffer_size):  # episodes of 1000 steps
+        obs_i = first_obs if i % 1000 == 0 else stacks[i % 64]
+        buffer.add(obs_i, 0, 0.0, stacks[(i + 1) % 64], i % 1000 == 999, False)
+    sample_ms = median_ms(lambda: buffer.sample(32), repeats * 5)
+    rows.append((f"replay sample of 32 from {args.buffer_size:,} transitions", f"{sample_ms:.2f} ms",
+                 f"{100 * sample_ms / fast_ms:.1f} % of a fast update"))
+    states = buffer.sample(64).obs
+    del buffer
+
+    scores_ms = median_ms(lambda: dormant_fractions(dormant_scores(q_network, states), 0.1), repeats)
+    recycle_ms = median_ms(lambda: recycle_dormant(q_network, optimizer, states, tau=0.1), repeats)
+    log_ms = median_ms(lambda: [dormant_fractions(dormant_scores(q_network, states), tau) for tau in (0, 0.025, 0.1)],
+                       repeats)
+    rows += [("dormant scores + fractions (64 states)", f"{scores_ms:.1f} ms", ""),
+             ("recycle_dormant (score + recycle, 64 states)", f"{recycle_ms:.1f} ms", "")]
+
+    loop = {}
+    for replay_ratio in (0.25, 1.0):
+        for fast in (False, True):
+            loop[replay_ratio, fast] = whole_loop(replay_ratio, fast, loop_steps)
+        rows += [(f"whole loop, replay ratio {replay_ratio:g}, eager", f"{loop[replay_ratio, False]:.0f} steps/s", "1.00x"),
+                 (f"whole loop, replay ratio {replay_ratio:g}, fast (default)", f"{loop[replay_ratio, True]:.0f} steps/s",
+                  f"{loop[replay_ratio, True] / loop[replay_ratio, False]:.2f}x")]
+    # At the default interval (1000 gradient steps), one recycle pass (scores included) and one dormant
+    # log (fractions at three taus) per 1000 updates, i.e. per 1000 / ratio agent steps.
+    for replay_ratio in (0.25, 1.0):
+        interval_s = (1000 / replay_ratio) / loop[replay_ratio, True]
+        share = (recycle_ms + log_ms) / 1000 / interval_s
+        rows.append((f"ReDo + dormant logging, share of training time (RR {replay_ratio:g}, interval 1000)",
+                     f"{(recycle_ms + log_ms):.0f} ms per {interval_s:.0f} s", f"{100 * share:.2f} %"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\n| {'measurement'.ljust(width)} | median | ratio |\n|{'-' * (width + 2)}|-|-|")
+    for name, value, ratio in rows:
+        print(f"| {name.ljust(width)} | {value} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
