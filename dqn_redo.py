@@ -24,13 +24,18 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, NamedTuple
 
+import ale_py
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+from stable_baselines3.common.atari_wrappers import EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv, NoopResetEnv
 
 from redo import dormant_fractions, dormant_scores, recycle_dormant
+
+gym.register_envs(ale_py)
 
 DORMANT_TAUS = (0.0, 0.025, 0.1)
 
@@ -110,13 +115,8 @@ CHANGEABLE_ON_RESUME = {"total_timesteps", "log_interval", "checkpoint_interval"
 # Environment
 
 
-def make_env(env_id: str, seed: int, episodic_life: bool = True):
+def make_env(env_id: str, episodic_life: bool = True) -> gym.Env:
     """The standard DQN Atari stack, with exactly 4 emulator frames per agent step for every id."""
-    import ale_py
-    import gymnasium as gym
-    from stable_baselines3.common.atari_wrappers import EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv, NoopResetEnv
-
-    gym.register_envs(ale_py)
     # frameskip=1 overrides the id's own skipping (v4: 2-4 frames at random, v5: 4), so that
     # MaxAndSkipEnv's 4 is the only one; v5 keeps its sticky actions.
     env = gym.make(env_id, frameskip=1, obs_type="grayscale")
@@ -128,9 +128,7 @@ def make_env(env_id: str, seed: int, episodic_life: bool = True):
     if "FIRE" in env.unwrapped.get_action_meanings():
         env = FireResetEnv(env)
     env = gym.wrappers.ResizeObservation(env, (84, 84))
-    env = gym.wrappers.FrameStackObservation(env, 4)  # pads a new episode with its first frame
-    env.action_space.seed(seed)
-    return env
+    return gym.wrappers.FrameStackObservation(env, 4)  # pads a new episode with its first frame
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,10 +320,6 @@ def gradient_steps_due(training_steps: int, replay_ratio: Fraction) -> int:
 
 
 def atari_env_ids() -> list[str]:
-    import ale_py
-    import gymnasium as gym
-
-    gym.register_envs(ale_py)
     return [env_id for env_id, spec in gym.registry.items() if "ale_py" in str(spec.entry_point)]
 
 
@@ -395,7 +389,7 @@ def format_duration(seconds: float) -> str:
 
 def evaluate(q_network: nn.Module, args: Args, device: torch.device) -> list[float]:
     """Full-game returns (unclipped, no life-loss terminals) of an epsilon-greedy policy."""
-    env = make_env(args.env_id, args.seed + 1, episodic_life=False)
+    env = make_env(args.env_id, episodic_life=False)
     rng = np.random.default_rng(args.seed + 1)
     returns = []
     obs, _ = env.reset(seed=args.seed + 1)
@@ -532,7 +526,7 @@ def main(args: Args) -> None:
     print(f"{'resuming' if checkpoint else 'run'} {run_dir} at step {start_step:,} on {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
 
-    env = make_env(args.env_id, args.seed)
+    env = make_env(args.env_id)
     n_actions = env.action_space.n
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     q_network = QNetwork(n_actions).to(device, memory_format=memory_format)

@@ -119,7 +119,7 @@ def test_save_model_and_evaluate(tmp_path):
 @pytest.mark.parametrize("env_id, sticky", [("DemonAttack-v4", 0.0), ("DemonAttackNoFrameskip-v4", 0.0),
                                             ("ALE/DemonAttack-v5", 0.25)])
 def test_four_emulator_frames_per_agent_step(env_id, sticky):
-    env = make_env(env_id, seed=0)
+    env = make_env(env_id)
     ale = env.unwrapped.ale
     assert ale.getFloat("repeat_action_probability") == pytest.approx(sticky)
     env.reset(seed=0)
