@@ -159,7 +159,7 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
         game = env_id.replace("/", "-")
         subtitle = f"{env_id}: {statistic_name} over seeds, 95 % bootstrap CI" + (f"\n{args.note}" if args.note else "")
 
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8.5, 4.8))
         plot_panel(ax, groups, "charts/episodic_return", args)
         ax.set_ylabel("episodic return (full game, unclipped)")
         ax.legend(fontsize=8)
@@ -225,7 +225,7 @@ def summary_table(runs: list[Run]) -> str:
         last_steps = [int(max(steps.max() for steps, _ in run.scalars.values())) + 1 for run in members]
         returns = [final_value(run, "charts/episodic_return") for run in members]
         dormant = {tau: [100 * final_value(run, f"dormant/tau={tau}/total") for run in members] for tau in ("0", "0.1")}
-        show = lambda xs, digits: f"{np.mean(xs):.{digits}f} ({', '.join(f'{x:.{digits}f}' for x in xs)})"
+        show = lambda xs, digits: f"{np.nanmean(xs):.{digits}f} ({', '.join(f'{x:.{digits}f}' for x in xs)})"
         lines.append(f"| {group[0]} | {group_label(group, members)} | {len(members)} | "
                      f"{', '.join(f'{s:,}' for s in sorted(set(last_steps)))} | {show(returns, 0)} | "
                      f"{show(dormant['0'], 1)} | {show(dormant['0.1'], 1)} |")
