@@ -16,7 +16,6 @@ exactly those entries; Adam's ``step`` is kept, so no other neuron's update size
 
 Example::
 
-    import torch.nn.functional as F
     from redo import dormant_fractions, dormant_scores, recycle_dormant
 
     states = replay.sample_states(256)              # a batch of inputs
