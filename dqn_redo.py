@@ -573,7 +573,7 @@ def main(args: Args) -> None:
         }
 
     # First gradient step whose loss or mean Q was not finite, tracked on the device: no sync per step.
-    step_counter = torch.zeros((), dtype=torch.long, device=device)
+    step_counter = torch.tensor(counters["gradient_steps"], device=device)  # continues on resume
     first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
 
     def stop_if_diverged(global_step: int) -> None:

@@ -134,7 +134,7 @@ def plot_panel(ax, groups: dict, tag: str, args: Args, scale: float = 1.0) -> No
         centers = (edges[:-1] + edges[1:]) / 2
         per_run = np.stack([binned(run, tag, edges) for run in runs]) * scale
         center, low, high = aggregate(per_run, statistic, args.bootstrap_samples, rng)
-        color = colors[(2 * (group[1] != 1) + group[2]) % len(colors)] if len(groups) <= 4 else colors[k % len(colors)]
+        color = colors[k % len(colors)]  # groups are sorted, so a group keeps its color across panels
         ok = ~np.isnan(center)
         ax.plot(centers[ok], center[ok], color=color, label=group_label(group, runs),
                 linestyle="-" if group[2] else "--")

@@ -137,9 +137,9 @@ def dormant_fractions(scores: dict[str, Tensor], tau: float) -> dict[str, float]
     ``"total"`` pools the neurons of every layer, so wide layers weigh more (for the Nature CNN,
     672 neurons: 32 + 64 + 64 + 512).
     """
-    fractions = {name: (score <= tau).float().mean().item() for name, score in scores.items()}
-    dormant = sum(int((score <= tau).sum()) for score in scores.values())
-    fractions["total"] = dormant / max(1, sum(score.numel() for score in scores.values()))
+    dormant = {name: int((score <= tau).sum()) for name, score in scores.items()}
+    fractions = {name: dormant[name] / score.numel() for name, score in scores.items()}
+    fractions["total"] = sum(dormant.values()) / max(1, sum(score.numel() for score in scores.values()))
     return fractions
 
 
