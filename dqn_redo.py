@@ -149,7 +149,8 @@ class FrameReplayBuffer:
     Slot ``s`` of a ring holds one frame and the transition whose observation ends with that frame;
     its next observation ends with the frame in slot ``s + 1``. ``offset[s]`` counts the frames of
     the episode before slot ``s`` (capped at 3): a stack never reaches into another episode and
-    repeats the episode's first frame instead, as the environment's stack does after a reset. An
+    repeats the episode's first frame instead, as the environment's stack does after a reset (a first
+    observation that is not padded that way gets a slot per frame). An
     episode's final frame gets a slot of its own with no transition, so a truncated transition
     bootstraps from the real final observation. About 7.07 KB per slot.
     """
@@ -188,9 +189,11 @@ class FrameReplayBuffer:
     def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool, truncated: bool) -> None:
         """Stores one transition; ``obs`` and ``next_obs`` are (stack, 84, 84) uint8 stacks."""
         if not self.episode_open:
-            if not (obs == obs[-1]).all():
-                raise ValueError("the first observation of an episode must repeat its frame (FrameStackObservation's 'reset' padding)")
-            self.current = self._write_frame(obs[-1], 0)
+            # After a reset the stack repeats its frame: one slot. Otherwise (the buffer starts in the
+            # middle of an episode, e.g. on a resume without saved replay) every frame of it gets a slot.
+            first_frames = obs[-1:] if (obs == obs[-1]).all() else obs
+            for offset, frame in enumerate(first_frames):
+                self.current = self._write_frame(frame, offset)
             self.episode_open = True
         slot = self.current
         self.actions[slot], self.rewards[slot], self.terminated[slot] = action, reward, terminated
@@ -602,7 +605,7 @@ def main(args: Args) -> None:
     dormant_taus = sorted({*DORMANT_TAUS, args.redo_tau})
     replay_ratio = Fraction(str(args.replay_ratio))  # exact: 0.1 is 1/10, not 0.1000000000000000055
     start_time = last_print = time.time()
-    global_step = start_step - 1
+    last_print_step, global_step = start_step, start_step - 1
     for global_step in range(start_step, args.total_timesteps):
         epsilon = linear_schedule(args.start_e, args.end_e, args.epsilon_decay_steps, global_step)
         if rng.random() < epsilon:
@@ -672,8 +675,10 @@ def main(args: Args) -> None:
             sys.exit(128 + stop_signal)
 
         if time.time() - last_print > (2 if sys.stderr.isatty() else 60) or global_step == args.total_timesteps - 1:
-            last_print = time.time()
-            sps = (global_step + 1 - start_step) / (last_print - start_time)
+            # Speed over the last print interval: the fast warm-up would make an average too optimistic.
+            now = time.time()
+            sps = (global_step + 1 - last_print_step) / (now - last_print)
+            last_print, last_print_step = now, global_step + 1
             eta = "warming up" if counters["warmup_left"] > 0 else (
                 f"ETA {format_duration((args.total_timesteps - global_step - 1) / sps)}")
             line = (f"step {global_step + 1:,}/{args.total_timesteps:,} | {sps:.0f} SPS | eps {epsilon:.3f} | "

@@ -139,3 +139,19 @@ def test_env_state_restores_the_game_exactly(env_id):
     assert play(other) == expected
     assert any(isinstance(t, bytes) for t in expected)  # an episode (life) ended along the way
     assert any(t[4] for t in expected if isinstance(t, tuple))  # and a whole game
+
+
+def test_resume_without_saved_replay_refills_and_goes_on(tmp_path):
+    # The game resumes in the middle of an episode while the replay restarts empty.
+    flags = [f for f in SMALL if f != "--checkpoint-buffer"]
+    first = run_script(tmp_path, *flags, "--total-timesteps", "250", "--checkpoint-interval", "250")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = only_run(tmp_path)
+    checkpoint, _ = load_checkpoint(str(run_dir))
+    assert checkpoint["buffer"] is None and checkpoint["counters"]["gradient_steps"] == 25
+    resumed = run_script(tmp_path, "--resume", str(run_dir), "--total-timesteps", "500")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "refilling 200 steps before training" in resumed.stdout
+    checkpoint, _ = load_checkpoint(str(run_dir))
+    # 200 refill steps without updates, then 50 training steps at replay ratio 0.5.
+    assert checkpoint["global_step"] == 500 and checkpoint["counters"]["gradient_steps"] == 25 + 25

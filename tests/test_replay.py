@@ -122,11 +122,20 @@ def test_reset_padding_and_truncation_final_observation():
     assert by_reward[2.0] == ([5, 5, 5, 5], [5, 5, 5, 6], 1.0)
 
 
-def test_rejects_a_stack_not_padded_by_its_first_frame():
+def test_an_episode_entered_in_its_middle_is_stored_exactly():
+    # A first observation not padded by repeating its frame (a resume without saved replay, or zero
+    # padding) is stored frame by frame: its stacks come back exactly.
     buffer = FrameReplayBuffer(16, STACK, (2, 2), torch.device("cpu"), np.random.default_rng(0))
-    zero_padded = np.stack([np.zeros((2, 2), np.uint8)] * 3 + [np.ones((2, 2), np.uint8)])
-    with pytest.raises(ValueError, match="padding"):
-        buffer.add(zero_padded, 0, 0.0, zero_padded, False, False)
+    f = [np.full((2, 2), v, dtype=np.uint8) for v in range(10)]
+    buffer.add(np.stack([f[0], f[0], f[3], f[4]]), 0, 0.0, np.stack([f[0], f[3], f[4], f[5]]), False, False)
+    buffer.add(np.stack([f[0], f[3], f[4], f[5]]), 1, 1.0, np.stack([f[3], f[4], f[5], f[6]]), True, False)
+    seen = {}
+    while len(seen) < 2:
+        batch = buffer.sample(8)
+        for k in range(8):
+            seen[batch.rewards[k].item()] = (batch.obs[k, :, 0, 0].tolist(), batch.next_obs[k, :, 0, 0].tolist())
+    assert seen[0.0] == ([0, 0, 3, 4], [0, 3, 4, 5])
+    assert seen[1.0] == ([0, 3, 4, 5], [3, 4, 5, 6])
 
 
 def test_real_game_frames_are_returned_bit_identical():
