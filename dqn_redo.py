@@ -669,6 +669,7 @@ def main(args: Args) -> None:
             stop_if_diverged(global_step)
             save_checkpoint(make_checkpoint(global_step + 1), run_dir)
         if stop_signal is not None:
+            env.close()
             writer.close()
             print(f"stopped at step {global_step + 1:,}; continue with: python {os.path.basename(__file__)} "
                   f"--resume {run_dir}", file=sys.stderr)
@@ -711,4 +712,5 @@ if __name__ == "__main__":
         if saved is not None:
             # The run's own arguments are the defaults: only what is given again on the command line changes.
             args = tyro.cli(Args, default=Args(**{**saved["args"], "resume": args.resume}))
+        del saved  # holds emulator objects, which must not outlive the interpreter's shutdown
     main(args)
