@@ -51,9 +51,11 @@ class Args:
     cuda: bool = True
     """use the GPU when there is one (otherwise the CPU)"""
     compile: bool = True
-    """run the whole update step (loss, backward, Adam) under torch.compile; falls back to eager if it fails"""
+    """compile the TD loss and its backward with torch.compile; falls back to eager if compiling fails"""
     channels_last: bool = True
     """keep conv weights and activations in channels_last memory format (faster convolutions)"""
+    fused_adam: bool = True
+    """use torch's fused Adam: the same update rule, one kernel for all parameters"""
     torch_threads: int = 0
     """CPU threads for torch (0: torch's default); use 1 per process when running several at once"""
     env_id: str = "DemonAttack-v4"
@@ -107,8 +109,8 @@ class Args:
 
 
 CHANGEABLE_ON_RESUME = {"total_timesteps", "log_interval", "checkpoint_interval", "checkpoint_buffer", "save_model",
-                        "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "torch_threads", "resume",
-                        "exp_name"}
+                        "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "fused_adam", "torch_threads",
+                        "resume", "exp_name"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,13 +243,16 @@ class FrameReplayBuffer:
 
     def sample(self, n: int) -> Batch:
         slots = self.sample_slots(n)
-        next_slots = (slots + 1) % self.capacity
+        # A next observation is its observation shifted by one frame (the next slot's offset is one
+        # more, capped), so stack + 1 frames per transition hold both: obs and next_obs are views.
+        frame_slots = np.concatenate([self._stack_slots(slots), (slots[:, None] + 1) % self.capacity], axis=1)
         to_device = lambda array: torch.from_numpy(array).to(self.device, non_blocking=True)
+        frames = to_device(self.frames[frame_slots])
         return Batch(
-            obs=to_device(self.frames[self._stack_slots(slots)]),
+            obs=frames[:, :-1],
             actions=to_device(self.actions[slots].astype(np.int64)),
             rewards=to_device(self.rewards[slots]),
-            next_obs=to_device(self.frames[self._stack_slots(next_slots)]),
+            next_obs=frames[:, 1:],
             terminated=to_device(self.terminated[slots].astype(np.float32)),
         )
 
@@ -277,40 +282,39 @@ class QNetwork(nn.Module):
 
 def make_train_step(q_network: nn.Module, target_network: nn.Module, optimizer: torch.optim.Optimizer, gamma: float,
                     compile: bool) -> Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]:
-    """One DQN update: Huber loss on the max target, backward, Adam step. Returns (loss, mean Q) as
-    tensors, so that nothing waits for the device unless they are read. With ``compile``, the whole
-    update runs under torch.compile; ReDo's in-place edits of weights and Adam state are seen by it
-    as they are by eager code (same tensors). If compiling fails, it warns once and runs eagerly."""
+    """One DQN update: Huber loss on the max target, backward, optimizer step. Returns (loss, mean Q) as
+    tensors, so that nothing waits for the device unless they are read. With ``compile``, the loss runs
+    under torch.compile, which also generates its backward; the optimizer step stays eager (a fused
+    Adam is one kernel already). ReDo's in-place edits of weights and Adam state are seen by the
+    compiled code as by eager code (same tensors). If compiling fails, it warns once and runs eagerly."""
 
-    def train_step(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def td_loss(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             target_max = target_network(batch.next_obs).max(dim=1).values
             td_target = batch.rewards + gamma * target_max * (1 - batch.terminated)
         q_taken = q_network(batch.obs).gather(1, batch.actions[:, None]).squeeze(1)
-        loss = F.smooth_l1_loss(q_taken, td_target)
+        return F.smooth_l1_loss(q_taken, td_target), q_taken.detach().mean()
+
+    loss_fn, compiling = (torch.compile(td_loss), True) if compile else (td_loss, False)
+
+    def train_step(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal loss_fn, compiling
+        try:  # the first call compiles, before anything of the step has run
+            loss, q_mean = loss_fn(batch)
+        except Exception as error:  # e.g. no C++ compiler on the machine
+            if not compiling:
+                raise
+            reason = (str(error).strip().splitlines() or [""])[0][:200]
+            print(f"warning: torch.compile failed ({type(error).__name__}: {reason}); training eagerly", file=sys.stderr)
+            loss_fn = td_loss
+            loss, q_mean = loss_fn(batch)
+        compiling = False
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        return loss.detach(), q_taken.detach().mean()
+        return loss.detach(), q_mean
 
-    if not compile:
-        return train_step
-    compiled_step, first_call = torch.compile(train_step), True
-
-    def train_step_compiled(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal compiled_step, first_call
-        if not first_call:
-            return compiled_step(batch)
-        first_call = False
-        try:  # compilation happens here, before anything of the step has run
-            return compiled_step(batch)
-        except Exception as error:  # e.g. no C++ compiler on the machine
-            reason = (str(error).strip().splitlines() or [""])[0][:200]
-            print(f"warning: torch.compile failed ({type(error).__name__}: {reason}); training eagerly", file=sys.stderr)
-            compiled_step = train_step
-            return train_step(batch)
-
-    return train_step_compiled
+    return train_step
 
 
 def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> float:
@@ -533,7 +537,8 @@ def main(args: Args) -> None:
     n_actions = env.action_space.n
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     q_network = QNetwork(n_actions).to(device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps,
+                                 fused=args.fused_adam)
     target_network = QNetwork(n_actions).to(device, memory_format=memory_format)
     target_network.load_state_dict(q_network.state_dict())
     print(f"allocating the replay buffer: {args.buffer_size:,} transitions, "

@@ -1,4 +1,4 @@
-"""The compiled, channels_last update step against the plain eager one, with ReDo editing in between."""
+"""The fast update step (compiled loss, channels_last, fused Adam) against the plain eager one, with ReDo editing in between."""
 
 import copy
 
@@ -17,12 +17,12 @@ def batches(n: int, seed: int = 0) -> list[Batch]:
                   frames(), (torch.rand(32, generator=g) < 0.1).float()) for _ in range(n)]
 
 
-def train(compile: bool, channels_last: bool, data: list[Batch], recycle_every: int = 3):
+def train(compile: bool, channels_last: bool, fused_adam: bool, data: list[Batch], recycle_every: int = 3):
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     q_network = QNetwork(6).to(memory_format=memory_format)
     target_network = copy.deepcopy(q_network)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_adam)
     step = make_train_step(q_network, target_network, optimizer, 0.99, compile)
     losses, recycled, jumps = [], [], []
     torch.manual_seed(1)  # the same re-draws in every mode
@@ -41,10 +41,10 @@ def train(compile: bool, channels_last: bool, data: list[Batch], recycle_every: 
     return losses, recycled, jumps, q_network
 
 
-def test_compiled_channels_last_matches_eager_with_recycling():
+def test_fast_path_matches_eager_with_recycling():
     data = batches(12)
-    eager_losses, eager_recycled, _, eager_net = train(False, False, data)
-    fast_losses, fast_recycled, jumps, fast_net = train(True, True, data)
+    eager_losses, eager_recycled, _, eager_net = train(False, False, False, data)
+    fast_losses, fast_recycled, jumps, fast_net = train(True, True, True, data)
     assert sum(sum(r.values()) for r in eager_recycled) > 0
     assert fast_recycled == eager_recycled
     torch.testing.assert_close(torch.tensor(fast_losses), torch.tensor(eager_losses), rtol=1e-3, atol=1e-5)
@@ -63,8 +63,35 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
 
     monkeypatch.setattr(dqn_redo.torch, "compile", broken_compile)
     data = batches(3)
-    eager_losses, *_ = train(False, False, data, recycle_every=100)
-    fallback_losses, *_ = train(True, False, data, recycle_every=100)
+    eager_losses, *_ = train(False, False, False, data, recycle_every=100)
+    fallback_losses, *_ = train(True, False, False, data, recycle_every=100)
     assert fallback_losses == eager_losses
     err = capsys.readouterr().err
     assert err.count("warning: torch.compile failed (RuntimeError: no C++ compiler found); training eagerly") == 1
+
+
+def test_adam_state_moves_between_fused_and_foreach():
+    """--fused-adam may change on resume: each implementation continues from the other's state."""
+    data = batches(6, seed=2)
+
+    def run(fused_before: bool, fused_after: bool) -> QNetwork:
+        torch.manual_seed(0)
+        q_network = QNetwork(6)
+        target_network = copy.deepcopy(q_network)
+        optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_before)
+        step = make_train_step(q_network, target_network, optimizer, 0.99, False)
+        for batch in data[:3]:
+            step(batch)
+        state = copy.deepcopy(optimizer.state_dict())
+        optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_after)
+        optimizer.load_state_dict(state)
+        step = make_train_step(q_network, target_network, optimizer, 0.99, False)
+        for batch in data[3:]:
+            step(batch)
+        return q_network
+
+    reference = run(False, False)
+    for fused_before, fused_after in [(True, False), (False, True), (True, True)]:
+        network = run(fused_before, fused_after)
+        for (name, a), b in zip(reference.named_parameters(), network.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)

@@ -179,6 +179,9 @@ def test_sample_types():
     batch = buffer.sample(8)
     assert batch.obs.dtype == torch.uint8 and batch.obs.shape == (8, 4, 84, 84)
     assert batch.next_obs.dtype == torch.uint8 and batch.next_obs.shape == (8, 4, 84, 84)
+    # One gathered tensor of 5 frames per transition; obs and next_obs are views of it, one frame apart.
+    assert batch.obs.untyped_storage().data_ptr() == batch.next_obs.untyped_storage().data_ptr()
+    assert batch.obs.untyped_storage().nbytes() == 8 * 5 * 84 * 84
     assert batch.actions.dtype == torch.int64 and batch.rewards.dtype == torch.float32
     assert batch.terminated.dtype == torch.float32
 
