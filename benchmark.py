@@ -1,11 +1,13 @@
 """Speed of dqn_redo.py on this machine: the update step, the whole training loop, replay sampling and ReDo.
 
-    python benchmark.py                 # about 15 minutes on a 2-core CPU
+    python benchmark.py                 # about 25 minutes on a 2-core CPU
     python benchmark.py --quick         # fewer and shorter repeats, to try it out
 
-Everything runs in this one process, one measurement after another, after a warm-up. Times are
-medians over repeats; ratios compare medians measured in this same run. Run it on an otherwise idle
-machine: another busy process changes the figures.
+The update step, acting, sampling and ReDo are timed in this process after a warm-up; each
+whole-loop run is a fresh `python dqn_redo.py` process. Times are medians over repeats; ratios compare
+medians measured in this same run, and the eager and fast training loops take turns so that a change
+in the machine's speed hits both. Run it on an otherwise idle machine: another busy process changes
+the figures.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import copy
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,8 +26,6 @@ import numpy as np
 import torch
 import tyro
 
-import dqn_redo
-from dqn_redo import Args as TrainArgs
 from dqn_redo import Batch, FrameReplayBuffer, QNetwork, make_train_step
 from redo import dormant_fractions, dormant_scores, recycle_dormant
 
@@ -36,6 +38,11 @@ class Args:
     """replay capacity for the sampling benchmark (filled with random frames)"""
     loop_steps: int = 4000
     """agent steps timed in each whole-loop run, after 2000 warm-up steps"""
+    loop_repeats: int = 5
+    """whole-loop runs per replay ratio and path, eager and fast taking turns"""
+    loop_epsilon: float = 0.01
+    """exploration epsilon of the whole-loop runs: 0.01 (default) as after the first 10 % of a default run,
+    where nearly every step computes a greedy action; 1.0 as early in a run, where none does"""
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -54,13 +61,13 @@ def random_batch(n: int = 32) -> Batch:
     return Batch(frames(), torch.randint(0, 6, (n,)), torch.rand(n), frames(), torch.zeros(n))
 
 
-def update_step(compile: bool, channels_last: bool, repeats: int) -> tuple[float, float]:
+def update_step(compile: bool, channels_last: bool, fused_adam: bool, repeats: int) -> tuple[float, float]:
     """(median ms per update, seconds of the first call: compile warm-up)."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     q_network = QNetwork(6).to(memory_format=memory_format)
     target_network = copy.deepcopy(q_network)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4, fused=fused_adam)
     step = make_train_step(q_network, target_network, optimizer, 0.99, compile)
     batches = [random_batch() for _ in range(8)]
     start = time.perf_counter()
@@ -70,24 +77,30 @@ def update_step(compile: bool, channels_last: bool, repeats: int) -> tuple[float
     return median_ms(lambda: step(batches[next(i) % 8]), repeats), first_call
 
 
-def whole_loop(replay_ratio: float, fast: bool, loop_steps: int) -> float:
-    """Agent steps per second of dqn_redo.main in its training phase, from the logged wall times."""
+def whole_loop(replay_ratio: float, fast: bool, loop_steps: int, epsilon: float) -> float:
+    """Agent steps per second of a real `python dqn_redo.py` run in its training phase (fixed epsilon), from
+    its logged wall times. Each run is a fresh process, as a user's is: nothing this process did before
+    (the allocator's state, compiled code, thread pools) changes its speed."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     warmup = 2000
+    speed_flags = ["--compile", "--channels-last", "--fused-adam"] if fast else \
+        ["--no-compile", "--no-channels-last", "--no-fused-adam"]
+    command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dqn_redo.py"),
+               "--total-timesteps", str(warmup + loop_steps), "--learning-starts", str(warmup),
+               "--buffer-size", "20000", "--replay-ratio", str(replay_ratio), "--start-e", str(epsilon),
+               "--end-e", str(epsilon), "--enable-redo", "--log-interval", "25", "--checkpoint-interval", "0",
+               "--seed", "1", *speed_flags]
     with tempfile.TemporaryDirectory() as folder:
-        cwd = os.getcwd()
-        os.chdir(folder)
-        try:
-            dqn_redo.main(TrainArgs(total_timesteps=warmup + loop_steps, learning_starts=warmup, buffer_size=20_000,
-                                    replay_ratio=replay_ratio, compile=fast, channels_last=fast, enable_redo=True,
-                                    log_interval=25, checkpoint_interval=0, seed=1))
-            run_dir = os.path.join("runs", os.listdir("runs")[0])
-            events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
-            events.Reload()
-            points = events.Scalars("charts/gradient_steps")
-        finally:
-            os.chdir(cwd)
+        # Cold compile caches, as on a fresh machine (the warm-up is left out of the rate anyway).
+        env = {**os.environ, "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+        result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        run_dir = os.path.join(folder, "runs", os.listdir(os.path.join(folder, "runs"))[0])
+        events = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+        events.Reload()
+        points = events.Scalars("charts/gradient_steps")
     # Windows between consecutive logs, leaving out the first quarter (compile warm-up).
     points = points[len(points) // 4 :]
     rates = [(b.step - a.step) / (b.wall_time - a.wall_time) for a, b in zip(points, points[1:])]
@@ -97,6 +110,11 @@ def whole_loop(replay_ratio: float, fast: bool, loop_steps: int) -> float:
 def main(args: Args) -> None:
     import torch._inductor.config
 
+    if not 0 <= args.loop_epsilon <= 1 or args.loop_steps < 100 or args.loop_repeats < 1 or args.buffer_size < 64:
+        print("error: --loop-epsilon must be in [0, 1], --loop-steps >= 100, --loop-repeats >= 1 and "
+              "--buffer-size >= 64", file=sys.stderr)
+        sys.exit(2)
+
     torch._inductor.config.force_disable_caches = True  # the compile warm-up a fresh machine sees
     repeats = 10 if args.quick else 40
     loop_steps = 1000 if args.quick else args.loop_steps
@@ -104,12 +122,14 @@ def main(args: Args) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
 
-    eager_ms, _ = update_step(False, False, repeats)
-    channels_last_ms, _ = update_step(False, True, repeats)
-    fast_ms, compile_s = update_step(True, True, repeats)
+    eager_ms, _ = update_step(False, False, False, repeats)
+    channels_last_ms, _ = update_step(False, True, False, repeats)
+    fused_ms, _ = update_step(False, True, True, repeats)
+    fast_ms, compile_s = update_step(True, True, True, repeats)
     rows += [("update step (batch 32), eager", f"{eager_ms:.1f} ms", "1.00x"),
-             ("update step, eager + channels_last", f"{channels_last_ms:.1f} ms", f"{eager_ms / channels_last_ms:.2f}x"),
-             ("update step, compiled + channels_last (default)", f"{fast_ms:.1f} ms", f"{eager_ms / fast_ms:.2f}x"),
+             ("update step, + channels_last", f"{channels_last_ms:.1f} ms", f"{eager_ms / channels_last_ms:.2f}x"),
+             ("update step, + fused Adam", f"{fused_ms:.1f} ms", f"{eager_ms / fused_ms:.2f}x"),
+             ("update step, + compiled loss (default)", f"{fast_ms:.1f} ms", f"{eager_ms / fast_ms:.2f}x"),
              ("compile warm-up (first update)", f"{compile_s:.1f} s", "")]
 
     q_network = QNetwork(6).to(memory_format=torch.channels_last)
@@ -141,10 +161,17 @@ def main(args: Args) -> None:
 
     loop = {}
     for replay_ratio in (0.25, 1.0):
+        runs = {False: [], True: []}
+        for _ in range(1 if args.quick else args.loop_repeats):
+            for fast in (False, True):
+                runs[fast].append(whole_loop(replay_ratio, fast, loop_steps, args.loop_epsilon))
         for fast in (False, True):
-            loop[replay_ratio, fast] = whole_loop(replay_ratio, fast, loop_steps)
-        rows += [(f"whole loop, replay ratio {replay_ratio:g}, eager", f"{loop[replay_ratio, False]:.0f} steps/s", "1.00x"),
-                 (f"whole loop, replay ratio {replay_ratio:g}, fast (default)", f"{loop[replay_ratio, True]:.0f} steps/s",
+            loop[replay_ratio, fast] = statistics.median(runs[fast])
+        name = f"whole loop, replay ratio {replay_ratio:g}, epsilon {args.loop_epsilon:g}"
+        each = {fast: " (" + ", ".join(f"{rate:.0f}" for rate in runs[fast]) + ")" if len(runs[fast]) > 1 else ""
+                for fast in runs}
+        rows += [(f"{name}, eager", f"{loop[replay_ratio, False]:.0f} steps/s{each[False]}", "1.00x"),
+                 (f"{name}, fast (default)", f"{loop[replay_ratio, True]:.0f} steps/s{each[True]}",
                   f"{loop[replay_ratio, True] / loop[replay_ratio, False]:.2f}x")]
     # At the default interval (1000 gradient steps), one recycle pass (scores included) and one dormant
     # log (fractions at three taus) per 1000 updates, i.e. per 1000 / ratio agent steps.
