@@ -84,8 +84,7 @@ def whole_loop(replay_ratio: float, fast: bool, loop_steps: int, epsilon: float)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     warmup = 2000
-    speed_flags = ["--compile", "--channels-last", "--fused-adam"] if fast else \
-        ["--no-compile", "--no-channels-last", "--no-fused-adam"]
+    speed_flags = [f"--{'' if fast else 'no-'}{flag}" for flag in ("compile", "channels-last", "fused-adam")]
     command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "dqn_redo.py"),
                "--total-timesteps", str(warmup + loop_steps), "--learning-starts", str(warmup),
                "--buffer-size", "20000", "--replay-ratio", str(replay_ratio), "--start-e", str(epsilon),

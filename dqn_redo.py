@@ -152,9 +152,9 @@ class FrameReplayBuffer:
     its next observation ends with the frame in slot ``s + 1``. ``offset[s]`` counts the frames of
     the episode before slot ``s`` (capped at 3): a stack never reaches into another episode and
     repeats the episode's first frame instead, as the environment's stack does after a reset (a first
-    observation that is not padded that way gets a slot per frame). An
-    episode's final frame gets a slot of its own with no transition, so a truncated transition
-    bootstraps from the real final observation. About 7.07 KB per slot.
+    observation that is not padded that way gets a slot per frame). An episode's final frame gets a
+    slot of its own with no transition, so a truncated transition bootstraps from the real final
+    observation. About 7.07 KB per slot.
     """
 
     SLOT_BYTES = 84 * 84 + 4 + 4 + 1 + 1 + 1  # frame, action, reward, terminated, has_transition, offset
