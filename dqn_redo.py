@@ -634,6 +634,8 @@ def main(args: Args) -> None:
 
         if counters["warmup_left"] > 0:
             counters["warmup_left"] -= 1
+            if counters["warmup_left"] == 0:  # the next speed and ETA count training steps only
+                last_print, last_print_step = time.time(), global_step + 1
         else:
             if counters["training_steps"] == 0:  # the fractions at initialization, before any update
                 scores = dormant_scores(q_network, rb.sample(args.redo_batch_size).obs)
@@ -683,10 +685,11 @@ def main(args: Args) -> None:
         if time.time() - last_print > (2 if sys.stderr.isatty() else 60) or global_step == args.total_timesteps - 1:
             # Speed over the last print interval: the fast warm-up would make an average too optimistic.
             now = time.time()
-            sps = (global_step + 1 - last_print_step) / (now - last_print)
+            sps = (global_step + 1 - last_print_step) / max(now - last_print, 1e-6)
             last_print, last_print_step = now, global_step + 1
+            steps_left = args.total_timesteps - global_step - 1
             eta = "warming up" if counters["warmup_left"] > 0 else (
-                f"ETA {format_duration((args.total_timesteps - global_step - 1) / sps)}")
+                f"ETA {format_duration(steps_left / sps if steps_left else 0)}")
             line = (f"step {global_step + 1:,}/{args.total_timesteps:,} | {sps:.0f} SPS | eps {epsilon:.3f} | "
                     f"return {counters['last_return']:.0f} | dormant(tau={args.redo_tau:g}) "
                     f"{100 * counters['last_dormant']:.1f}% | {eta}")

@@ -25,8 +25,8 @@ import tyro
 class Args:
     paths: tyro.conf.Positional[list[str]] = field(default_factory=lambda: ["runs"])
     """run folders, or folders to search for them"""
-    out_dir: str = "img"
-    """where the PNG figures go"""
+    out_dir: str = "figures"
+    """where the PNG figures go (img/ holds the committed figures: pass --out-dir img to replace them)"""
     aggregate: Literal["mean", "iqm"] = "mean"
     """statistic across the seeds of a group (IQM: the mean of the middle 50 %)"""
     bins: int = 40
