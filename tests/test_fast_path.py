@@ -94,3 +94,18 @@ def test_adam_state_moves_between_fused_and_foreach():
         network = run(fused_before, fused_after)
         for (name, a), b in zip(reference.named_parameters(), network.parameters()):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_network_is_the_nature_cnn():
+    """The forward applies the last conv's ReLU after the flatten (faster when compiled): the same values as
+    the textbook order, in both memory formats."""
+    torch.manual_seed(0)
+    obs = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        net = QNetwork(6).to(memory_format=memory_format)
+        relu = torch.nn.functional.relu
+        with torch.no_grad():
+            x = relu(net.conv1(obs.float() / 255.0))
+            x = relu(net.conv3(relu(net.conv2(x))))
+            expected = net.q(relu(net.fc1(x.flatten(1))))
+            assert torch.equal(net(obs), expected)
