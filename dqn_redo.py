@@ -319,6 +319,22 @@ def make_train_step(q_network: nn.Module, target_network: nn.Module, optimizer: 
     return train_step
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, fixed for a resume that changes --fused-adam or --channels-last.
+    load_state_dict restores the saved ``fused``/``foreach`` choice over the one the optimizer was built
+    with, and keeps the saved tensors' strides; torch's fused CPU Adam walks a parameter and its moments
+    in memory order, so moments in another memory format than their parameter would update the wrong
+    elements, silently. Here the optimizer's own choice wins and each moment takes its parameter's format."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            group[key] = optimizer.defaults[key]
+    for param, param_state in optimizer.state.items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                param_state[key] = torch.empty_like(param).copy_(value)
+
+
 def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> float:
     return max(end_e, start_e + (end_e - start_e) * t / duration)
 
@@ -554,7 +570,7 @@ def main(args: Args) -> None:
     if checkpoint is not None:
         q_network.load_state_dict(checkpoint["q_network"])
         target_network.load_state_dict(checkpoint["target_network"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"])
         restore_env_state(env, checkpoint["env"])
         obs = checkpoint["obs"]
         counters.update(checkpoint["counters"])

@@ -5,7 +5,7 @@ import copy
 import torch
 
 import dqn_redo
-from dqn_redo import Batch, QNetwork, make_train_step
+from dqn_redo import Batch, QNetwork, load_optimizer_state, make_train_step
 from redo import recycle_dormant
 
 
@@ -83,7 +83,8 @@ def test_adam_state_moves_between_fused_and_foreach():
             step(batch)
         state = copy.deepcopy(optimizer.state_dict())
         optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_after)
-        optimizer.load_state_dict(state)
+        load_optimizer_state(optimizer, state)
+        assert optimizer.param_groups[0]["fused"] == fused_after  # plain load_state_dict keeps the saved choice
         step = make_train_step(q_network, target_network, optimizer, 0.99, False)
         for batch in data[3:]:
             step(batch)
@@ -109,3 +110,36 @@ def test_network_is_the_nature_cnn():
             x = relu(net.conv3(relu(net.conv2(x))))
             expected = net.q(relu(net.fc1(x.flatten(1))))
             assert torch.equal(net(obs), expected)
+
+
+def test_resume_may_switch_channels_last_under_fused_adam():
+    """--channels-last may change on resume. The fused Adam reads moments in memory order, so loaded moments
+    must take their parameter's layout; otherwise conv weights get other elements' moments, silently."""
+    data = batches(6, seed=3)
+
+    def run(format_before, format_after, fused_after: bool) -> QNetwork:
+        torch.manual_seed(0)
+        q_network = QNetwork(6).to(memory_format=format_before)
+        target_network = copy.deepcopy(q_network)
+        optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=True)
+        step = make_train_step(q_network, target_network, optimizer, 0.99, False)
+        for batch in data[:3]:
+            step(batch)
+        weights, state = copy.deepcopy(q_network.state_dict()), copy.deepcopy(optimizer.state_dict())
+        q_network = QNetwork(6).to(memory_format=format_after)
+        q_network.load_state_dict(weights)
+        target_network.to(memory_format=format_after)
+        optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_after)
+        load_optimizer_state(optimizer, state)
+        assert optimizer.param_groups[0]["fused"] == fused_after
+        step = make_train_step(q_network, target_network, optimizer, 0.99, False)
+        for batch in data[3:]:
+            step(batch)
+        return q_network
+
+    channels_last, nchw = torch.channels_last, torch.contiguous_format
+    for before, after in [(channels_last, nchw), (nchw, channels_last)]:
+        reference = run(before, after, fused_after=False)  # foreach Adam indexes logically: layout-proof
+        switched = run(before, after, fused_after=True)
+        for (name, a), b in zip(reference.named_parameters(), switched.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
