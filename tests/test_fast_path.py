@@ -69,32 +69,41 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
     assert err.count("warning: torch.compile failed (RuntimeError: no C++ compiler found); training eagerly") == 1
 
 
+def train_then_resume(data: list[Batch], fused_before: bool, fused_after: bool,
+                      format_before=torch.contiguous_format, format_after=torch.contiguous_format) -> QNetwork:
+    """Three updates, then the weights and Adam state move to a new network and optimizer (as on a resume
+    with other --fused-adam / --channels-last), then the remaining updates."""
+    torch.manual_seed(0)
+    q_network = QNetwork(6).to(memory_format=format_before)
+    target_network = copy.deepcopy(q_network)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_before)
+    step = make_train_step(q_network, target_network, optimizer, 0.99, False)
+    for batch in data[:3]:
+        step(batch)
+    weights, state = copy.deepcopy(q_network.state_dict()), copy.deepcopy(optimizer.state_dict())
+    q_network = QNetwork(6).to(memory_format=format_after)
+    q_network.load_state_dict(weights)
+    target_network.to(memory_format=format_after)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_after)
+    load_optimizer_state(optimizer, state)
+    assert optimizer.param_groups[0]["fused"] == fused_after  # plain load_state_dict keeps the saved choice
+    step = make_train_step(q_network, target_network, optimizer, 0.99, False)
+    for batch in data[3:]:
+        step(batch)
+    return q_network
+
+
+def assert_same_weights(got: QNetwork, expected: QNetwork) -> None:
+    for (name, a), b in zip(expected.named_parameters(), got.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_adam_state_moves_between_fused_and_foreach():
     """--fused-adam may change on resume: each implementation continues from the other's state."""
     data = batches(6, seed=2)
-
-    def run(fused_before: bool, fused_after: bool) -> QNetwork:
-        torch.manual_seed(0)
-        q_network = QNetwork(6)
-        target_network = copy.deepcopy(q_network)
-        optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_before)
-        step = make_train_step(q_network, target_network, optimizer, 0.99, False)
-        for batch in data[:3]:
-            step(batch)
-        state = copy.deepcopy(optimizer.state_dict())
-        optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_after)
-        load_optimizer_state(optimizer, state)
-        assert optimizer.param_groups[0]["fused"] == fused_after  # plain load_state_dict keeps the saved choice
-        step = make_train_step(q_network, target_network, optimizer, 0.99, False)
-        for batch in data[3:]:
-            step(batch)
-        return q_network
-
-    reference = run(False, False)
+    reference = train_then_resume(data, False, False)
     for fused_before, fused_after in [(True, False), (False, True), (True, True)]:
-        network = run(fused_before, fused_after)
-        for (name, a), b in zip(reference.named_parameters(), network.parameters()):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+        assert_same_weights(train_then_resume(data, fused_before, fused_after), reference)
 
 
 def test_network_is_the_nature_cnn():
@@ -116,30 +125,7 @@ def test_resume_may_switch_channels_last_under_fused_adam():
     """--channels-last may change on resume. The fused Adam reads moments in memory order, so loaded moments
     must take their parameter's layout; otherwise conv weights get other elements' moments, silently."""
     data = batches(6, seed=3)
-
-    def run(format_before, format_after, fused_after: bool) -> QNetwork:
-        torch.manual_seed(0)
-        q_network = QNetwork(6).to(memory_format=format_before)
-        target_network = copy.deepcopy(q_network)
-        optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=True)
-        step = make_train_step(q_network, target_network, optimizer, 0.99, False)
-        for batch in data[:3]:
-            step(batch)
-        weights, state = copy.deepcopy(q_network.state_dict()), copy.deepcopy(optimizer.state_dict())
-        q_network = QNetwork(6).to(memory_format=format_after)
-        q_network.load_state_dict(weights)
-        target_network.to(memory_format=format_after)
-        optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_after)
-        load_optimizer_state(optimizer, state)
-        assert optimizer.param_groups[0]["fused"] == fused_after
-        step = make_train_step(q_network, target_network, optimizer, 0.99, False)
-        for batch in data[3:]:
-            step(batch)
-        return q_network
-
     channels_last, nchw = torch.channels_last, torch.contiguous_format
     for before, after in [(channels_last, nchw), (nchw, channels_last)]:
-        reference = run(before, after, fused_after=False)  # foreach Adam indexes logically: layout-proof
-        switched = run(before, after, fused_after=True)
-        for (name, a), b in zip(reference.named_parameters(), switched.parameters()):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+        reference = train_then_resume(data, True, False, before, after)  # foreach Adam indexes logically
+        assert_same_weights(train_then_resume(data, True, True, before, after), reference)
