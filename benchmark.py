@@ -45,6 +45,18 @@ class Args:
     where nearly every step computes a greedy action; 1.0 as early in a run, where none does"""
 
 
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is often empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
@@ -118,7 +130,7 @@ def main(args: Args) -> None:
     repeats = 10 if args.quick else 40
     loop_steps = 1000 if args.quick else args.loop_steps
     rows = []
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
 
     eager_ms, _ = update_step(False, False, False, repeats)
