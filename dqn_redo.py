@@ -498,12 +498,15 @@ def load_checkpoint(path: str) -> tuple[dict | None, str | None]:
     return checkpoint, None
 
 
-def resume_mismatch(args: Args, saved: dict) -> str | None:
-    for key, value in saved.items():
+def resume_mismatch(args: Args, checkpoint: dict) -> str | None:
+    for key, value in checkpoint["args"].items():
         if key not in CHANGEABLE_ON_RESUME and getattr(args, key) != value:
             flag = f"--{key.replace('_', '-')}"
             return (f"cannot resume with {flag} {getattr(args, key)}: the run was made with {flag} {value} "
                     "(only --total-timesteps, logging, checkpointing, evaluation and speed options may change)")
+    if args.total_timesteps <= checkpoint["global_step"]:
+        return (f"--total-timesteps {args.total_timesteps:,} is not past the checkpoint's step "
+                f"{checkpoint['global_step']:,}: the run is done up to there; pass a larger --total-timesteps to extend it")
     return None
 
 
@@ -517,7 +520,7 @@ def main(args: Args) -> None:
     if error is None and args.resume is not None:
         checkpoint, error = load_checkpoint(args.resume)
         if error is None:
-            error = resume_mismatch(args, checkpoint["args"])
+            error = resume_mismatch(args, checkpoint)
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -84,7 +84,8 @@ def test_resume_with_incompatible_arguments_is_rejected(tmp_path):
     run_dir = only_run(tmp_path)
     before = sorted(os.listdir(run_dir))
     for flags, message in [(["--env-id", "Pong-v4"], "--env-id Pong-v4: the run was made with --env-id DemonAttack-v4"),
-                           (["--replay-ratio", "2"], "--replay-ratio")]:
+                           (["--replay-ratio", "2"], "--replay-ratio"),
+                           (["--total-timesteps", "220"], "is not past the checkpoint's step 220")]:
         rejected = run_script(tmp_path, "--resume", str(run_dir), *flags, timeout=60)
         assert rejected.returncode == 2 and message in rejected.stderr
         assert len(rejected.stderr.strip().splitlines()) == 1
