@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -73,20 +74,54 @@ def random_batch(n: int = 32) -> Batch:
     return Batch(frames(), torch.randint(0, 6, (n,)), torch.rand(n), frames(), torch.zeros(n))
 
 
-def update_step(compile: bool, channels_last: bool, fused_adam: bool, repeats: int) -> tuple[float, float]:
-    """(median ms per update, seconds of the first call: compile warm-up)."""
+def build_update_step(compile: bool, channels_last: bool, fused_adam: bool) -> Callable[[Batch], object]:
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     q_network = QNetwork(6).to(memory_format=memory_format)
     target_network = copy.deepcopy(q_network)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4, fused=fused_adam)
-    step = make_train_step(q_network, target_network, optimizer, 0.99, compile)
+    return make_train_step(q_network, target_network, optimizer, 0.99, compile)
+
+
+def update_step(compile: bool, channels_last: bool, fused_adam: bool, repeats: int) -> tuple[float, float]:
+    """(median ms per update, seconds of the first call: compile warm-up)."""
+    step = build_update_step(compile, channels_last, fused_adam)
     batches = [random_batch() for _ in range(8)]
     start = time.perf_counter()
     step(batches[0])
     first_call = time.perf_counter() - start
     i = iter(range(10**9))
     return median_ms(lambda: step(batches[next(i) % 8]), repeats), first_call
+
+
+def arithmetic_share(repeats: int) -> tuple[float, float, float]:
+    """(GFLOP per update; share of the fast update's wall time spent in convolution and matmul kernels;
+    those kernels' GFLOP/s). FLOPs are counted on the eager step, which does the same arithmetic; the
+    profiler's own overhead lands outside the kernels, so the share is a lower bound."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batches = [random_batch() for _ in range(8)]
+    with FlopCounterMode(display=False) as counter:
+        build_update_step(False, False, False)(batches[0])
+    flops = counter.get_total_flops()
+    step = build_update_step(True, True, True)
+    for batch in batches:
+        step(batch)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for i in range(repeats):
+            step(batches[i % 8])
+    wall = time.perf_counter() - start
+    kernels = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::addmm", "aten::mm")
+    kernel_s = sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in kernels) / 1e6
+    return flops / 1e9, kernel_s / wall, repeats * flops / kernel_s / 1e9
+
+
+def matmul_peak_gflops(n: int = 2048) -> float:
+    """float32 GFLOP/s of one large square matmul: about as fast as this CPU multiplies."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / median_ms(lambda: a @ b, 10) / 1e6
 
 
 def whole_loop(replay_ratio: float, fast: bool, loop_steps: int, epsilon: float) -> float:
@@ -142,6 +177,10 @@ def main(args: Args) -> None:
              ("update step, + fused Adam", f"{fused_ms:.1f} ms", f"{eager_ms / fused_ms:.2f}x"),
              ("update step, + compiled loss (default)", f"{fast_ms:.1f} ms", f"{eager_ms / fast_ms:.2f}x"),
              ("compile warm-up (first update)", f"{compile_s:.1f} s", "")]
+    gflop, kernel_share, kernel_gflops = arithmetic_share(repeats)
+    rows += [("fast update: time in convolution and matmul kernels", f"{100 * kernel_share:.0f} %",
+              f"{gflop:.2f} GFLOP at {kernel_gflops:.0f} GFLOP/s"),
+             ("float32 matmul 2048 x 2048 (this CPU's arithmetic rate)", f"{matmul_peak_gflops():.0f} GFLOP/s", "")]
 
     q_network = QNetwork(6).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4)
