@@ -83,35 +83,30 @@ def build_update_step(compile: bool, channels_last: bool, fused_adam: bool) -> C
     return make_train_step(q_network, target_network, optimizer, 0.99, compile)
 
 
-def update_step(compile: bool, channels_last: bool, fused_adam: bool, repeats: int) -> tuple[float, float]:
-    """(median ms per update, seconds of the first call: compile warm-up)."""
-    step = build_update_step(compile, channels_last, fused_adam)
-    batches = [random_batch() for _ in range(8)]
+def time_update_step(step: Callable[[Batch], object], batches: list[Batch], repeats: int) -> tuple[float, float]:
+    """(median ms per update, seconds of the first call: the compile warm-up of a compiled step)."""
     start = time.perf_counter()
     step(batches[0])
     first_call = time.perf_counter() - start
     i = iter(range(10**9))
-    return median_ms(lambda: step(batches[next(i) % 8]), repeats), first_call
+    return median_ms(lambda: step(batches[next(i) % len(batches)]), repeats), first_call
 
 
-def arithmetic_share(repeats: int) -> tuple[float, float, float]:
-    """(GFLOP per update; share of the fast update's wall time spent in convolution and matmul kernels;
-    those kernels' GFLOP/s). FLOPs are counted on the eager step, which does the same arithmetic; the
-    profiler's own overhead lands outside the kernels, so the share is a lower bound."""
+def arithmetic_share(eager_step: Callable[[Batch], object], fast_step: Callable[[Batch], object],
+                     batches: list[Batch], repeats: int) -> tuple[float, float, float]:
+    """(GFLOP per update; share of the (warmed-up) fast update's wall time spent in convolution and matmul
+    kernels; those kernels' GFLOP/s). FLOPs are counted on the eager step, which does the same arithmetic;
+    the profiler's own overhead lands outside the kernels, so the share is a lower bound."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    batches = [random_batch() for _ in range(8)]
     with FlopCounterMode(display=False) as counter:
-        build_update_step(False, False, False)(batches[0])
+        eager_step(batches[0])
     flops = counter.get_total_flops()
-    step = build_update_step(True, True, True)
-    for batch in batches:
-        step(batch)
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for i in range(repeats):
-            step(batches[i % 8])
+            fast_step(batches[i % len(batches)])
     wall = time.perf_counter() - start
     kernels = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::addmm", "aten::mm")
     kernel_s = sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in kernels) / 1e6
@@ -168,16 +163,18 @@ def main(args: Args) -> None:
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
 
-    eager_ms, _ = update_step(False, False, False, repeats)
-    channels_last_ms, _ = update_step(False, True, False, repeats)
-    fused_ms, _ = update_step(False, True, True, repeats)
-    fast_ms, compile_s = update_step(True, True, True, repeats)
+    batches = [random_batch() for _ in range(8)]
+    eager_step, fast_step = build_update_step(False, False, False), build_update_step(True, True, True)
+    eager_ms, _ = time_update_step(eager_step, batches, repeats)
+    channels_last_ms, _ = time_update_step(build_update_step(False, True, False), batches, repeats)
+    fused_ms, _ = time_update_step(build_update_step(False, True, True), batches, repeats)
+    fast_ms, compile_s = time_update_step(fast_step, batches, repeats)
     rows += [("update step (batch 32), eager", f"{eager_ms:.1f} ms", "1.00x"),
              ("update step, + channels_last", f"{channels_last_ms:.1f} ms", f"{eager_ms / channels_last_ms:.2f}x"),
              ("update step, + fused Adam", f"{fused_ms:.1f} ms", f"{eager_ms / fused_ms:.2f}x"),
              ("update step, + compiled loss (default)", f"{fast_ms:.1f} ms", f"{eager_ms / fast_ms:.2f}x"),
              ("compile warm-up (first update)", f"{compile_s:.1f} s", "")]
-    gflop, kernel_share, kernel_gflops = arithmetic_share(repeats)
+    gflop, kernel_share, kernel_gflops = arithmetic_share(eager_step, fast_step, batches, repeats)
     rows += [("fast update: time in convolution and matmul kernels", f"{100 * kernel_share:.0f} %",
               f"{gflop:.2f} GFLOP at {kernel_gflops:.0f} GFLOP/s"),
              ("float32 matmul 2048 x 2048 (this CPU's arithmetic rate)", f"{matmul_peak_gflops():.0f} GFLOP/s", "")]
