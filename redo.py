@@ -3,132 +3,371 @@
 Implements the method of "The Dormant Neuron Phenomenon in Deep Reinforcement Learning"
 (Sokar, Agarwal, Castro, Evci, ICML 2023). Torch only; copy this file into your project.
 
-A hidden neuron's score is its mean absolute activation on a batch of inputs, divided by the mean
-of that quantity over its layer (plus 1e-9), so scores average 1 within a layer. A neuron is
-tau-dormant when ``score <= tau``. A convolutional neuron is an output channel: its activation is
-averaged over the batch and all spatial positions. The last ``nn.Linear``/``nn.Conv2d`` to run is
-the output layer: it is never scored nor recycled.
+A hidden neuron's score is its mean absolute activation (after the nonlinearity) on a batch of
+inputs, divided by the mean of that quantity over its layer (plus 1e-9), so scores average 1 within
+a layer. A neuron is tau-dormant when ``score <= tau``. A convolutional neuron is an output channel:
+its activation is averaged over the batch and all spatial positions.
 
 Recycling a dormant neuron re-draws its incoming weights from the layer's initializer, sets its
-bias to 0 and zeroes its outgoing weights in the next layer, so that with ``tau=0`` the network's
-outputs do not change. The optimizer's per-parameter state (e.g. Adam's moments) is zeroed at
-exactly those entries; Adam's ``step`` is kept, so no other neuron's update size changes.
+bias to 0 and zeroes its outgoing weights in every layer that reads it, so that with ``tau=0`` the
+network's outputs do not change. The optimizer's per-parameter state (e.g. Adam's moments) is zeroed
+at exactly those entries; Adam's ``step`` is kept, so no other neuron's update size changes.
 
 Example::
 
     from redo import dormant_fractions, dormant_scores, recycle_dormant
 
     states = replay.sample_states(256)              # a batch of inputs
-    scores = dormant_scores(q_network, states)      # {"net.0": tensor([...]), ...}
-    fractions = dormant_fractions(scores, tau=0.1)  # {"net.0": 0.03, ..., "total": 0.05}
+    scores = dormant_scores(q_network, states)      # {"conv1": tensor([...]), ...}
+    fractions = dormant_fractions(scores, tau=0.1)  # {"conv1": 0.03, ..., "total": 0.05}
 
     # after the gradient step, every F steps:
     result = recycle_dormant(q_network, optimizer, states, tau=0.1)
-    result["recycled"]                              # {"net.0": 2, "net.2": 0, ...}
+    result["recycled"]                              # {"conv1": 2, "conv2": 0, ...}
 
-Supported architectures: a plain chain of ``nn.Linear`` and ``nn.Conv2d`` (groups=1) layers,
-each hidden one followed directly by ``activation`` (ReLU by default) and feeding only the next
-one, possibly through a flatten in PyTorch's NCHW order (``x.flatten(1)``, ``nn.Flatten``). That
-covers the Nature DQN CNN and MLP actors/critics with a single head. :func:`recycle_dormant`
-checks this on the actual forward pass and raises ``ValueError`` naming the layer, before anything
-is modified, for what it cannot handle: residual connections, concatenations, pooling or
-normalization between layers, several heads, a layer that runs twice, another flatten order.
-:func:`dormant_scores` only needs each layer to run once.
+How the network is read: one forward pass on the batch runs under a ``TorchFunctionMode`` that
+follows every tensor derived from a ``nn.Linear``/``nn.Conv2d`` output, element by element, to the
+layers that read it. So the graph is the one the forward pass really computes, whatever the order
+in which layers are registered or run. A layer whose output reaches no other Linear/Conv2d is an
+output layer (any number of them: Q-values, actor and critic heads, mean and log-std): never scored,
+never recycled. A hidden layer's activation is the tensor on which ``activation`` is applied; between
+it and the layers that read it may stand reshapes, flattens in any order, slicing, concatenation with
+other features, zero padding, max/avg pooling, dropout and scaling by a constant. Each reader's
+outgoing weights are then found exactly: the columns (or input channels) holding that neuron.
+
+What is not recycled, and why:
+
+- a layer whose output is added to another tensor (the residual stream of a ResNet): its channels are
+  written by several layers and read through the sum, so no set of weights belongs to one of them. It
+  is named in ``result["not_recyclable"]``; the other layers are recycled.
+- normalization (LayerNorm, BatchNorm, ...) between a layer and what reads it, a grouped convolution,
+  a layer run twice, a layer read without its activation, an activation that is also returned by the
+  model, or any other operation that mixes neurons: :func:`recycle_dormant` raises ``ValueError``
+  naming the layer and the reason, before anything is modified.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 __all__ = ["dormant_scores", "dormant_fractions", "recycle_dormant"]
 
 _EPS = 1e-9
+_NONE = -1  # element ids: -1 holds no hidden neuron's value; otherwise 2 * neuron + (1 once activated)
+
+# Operations that move elements without changing them: applied to the element ids as to the data.
+_MOVES = {"reshape", "view", "flatten", "unflatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand",
+          "expand_as", "repeat", "movedim", "narrow", "select", "__getitem__", "cat", "concat", "concatenate",
+          "stack", "split", "chunk", "unbind", "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to",
+          "type", "type_as", "pad"}
+# Element-wise operations that keep 0 at 0 and a neuron's values its own.
+_SCALINGS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "mul", "__mul__", "__rmul__",
+             "div", "__truediv__"}
+_POOLS = {"max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+          "adaptive_avg_pool1d", "adaptive_avg_pool2d", "max_pool2d_with_indices", "lp_pool2d"}
+_NORMS = {"layer_norm", "batch_norm", "group_norm", "instance_norm", "rms_norm", "local_response_norm"}
+_SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "__isub__", "sub_"}
 
 
 @dataclass
-class _LayerRecord:
+class _Layer:
     name: str
     module: nn.Module
-    score: Tensor
-    feeds_next_directly: bool = True  # set False when the next layer's input is not act(output)
+    first_id: int  # neuron i of this layer has id first_id + i
+    output: Tensor | None = None
+    abs_sum: Tensor | None = None  # sum of |activation| per neuron, where the activation is seen
+    count: Tensor | None = None
+    readers: dict[str, Tensor] = field(default_factory=dict)  # reader name -> element id per input column/channel
+    problem: str | None = None  # why it cannot be recycled
+    residual: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.module.weight.shape[0]
+
+    def fail(self, reason: str) -> None:
+        self.problem = self.problem or reason
 
 
-def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callable[[Tensor], Tensor], check_chain: bool) -> list[_LayerRecord]:
-    """Runs one forward pass and returns a record per Linear/Conv2d layer, in execution order."""
-    records: list[_LayerRecord] = []
-    seen: set[str] = set()
-    previous_activation: list[Tensor | None] = [None]
+class _Tracer(TorchFunctionMode):
+    """Follows every element derived from a Linear/Conv2d output through one forward pass."""
 
-    def make_hook(name: str):
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            if name in seen:
-                raise ValueError(f"layer '{name}' runs more than once in a forward pass; dormant neurons are "
-                                 "only defined for layers that run once")
-            seen.add(name)
-            if check_chain and records:
-                layer_input = args[0] if args else None
-                expected = previous_activation[0]
-                records[-1].feeds_next_directly = (
-                    isinstance(layer_input, Tensor)
-                    and layer_input.shape[0] == expected.shape[0]
-                    and layer_input.numel() == expected.numel()
-                    and torch.equal(layer_input.reshape(layer_input.shape[0], -1), expected.reshape(expected.shape[0], -1))
-                )
-            activated = activation(output)
-            # A conv neuron is a channel (dim 1); a linear neuron is the last dim.
-            reduce_dims = [d for d in range(activated.dim()) if d != (1 if isinstance(module, nn.Conv2d) else activated.dim() - 1)]
-            mean_abs = activated.abs().float().mean(dim=reduce_dims)
-            records.append(_LayerRecord(name, module, mean_abs / (mean_abs.mean() + _EPS)))
-            previous_activation[0] = activated if check_chain else None
+    def __init__(self, model: nn.Module, activation: Callable[[Tensor], Tensor]):
+        super().__init__()
+        self.activation = activation
+        self.layers: dict[int, _Layer] = {}  # by id(weight)
+        next_id = 0
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                self.layers[id(module.weight)] = _Layer(name, module, next_id)
+                next_id += module.weight.shape[0]
+        self.by_first_id = sorted(self.layers.values(), key=lambda layer: layer.first_id)
+        self.ids: dict[int, tuple[Tensor, Tensor]] = {}  # id(tensor) -> (tensor, element ids); holds the tensor
+        self.opaque: dict[int, tuple[Tensor, dict[str, str]]] = {}  # id(tensor) -> (tensor, {layer: reason})
+        self.order: list[_Layer] = []
 
-        return hook
+    # -- bookkeeping ------------------------------------------------------------------------------
 
-    handles = [
-        module.register_forward_hook(make_hook(name))
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, nn.Conv2d))
-    ]
-    try:
-        with torch.no_grad():
-            model(*x) if isinstance(x, tuple) else model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if len(records) < 2:
-        raise ValueError(f"{type(model).__name__} ran {len(records)} Linear/Conv2d layer(s); scoring needs at least "
-                         "one hidden layer before the output layer")
-    return records
+    def layers_in(self, ids: Tensor) -> list[_Layer]:
+        """The layers whose neurons appear in ``ids``."""
+        ids = _one_sample(ids)
+        neurons = ids[ids >= 0] // 2
+        if neurons.numel() == 0:
+            return []
+        starts = torch.tensor([layer.first_id for layer in self.by_first_id], device=neurons.device)
+        present = torch.bincount(torch.bucketize(neurons, starts, right=True) - 1, minlength=len(starts))
+        return [layer for layer, n in zip(self.by_first_id, present.tolist()) if n > 0]
+
+    def sources(self, value: Any) -> dict[str, str]:
+        """{layer name: reason} of the opaque tensors in ``value``."""
+        merged: dict[str, str] = {}
+        for item in tree_flatten(value)[0]:
+            if isinstance(item, Tensor) and id(item) in self.opaque:
+                for name, reason in self.opaque[id(item)][1].items():
+                    merged.setdefault(name, reason)
+        return merged
+
+    def mark_opaque(self, result: Any, inputs: list[Tensor], reason: str) -> None:
+        reasons = self.sources(inputs)
+        for tensor in inputs:
+            if id(tensor) in self.ids:
+                for layer in self.layers_in(self.ids[id(tensor)][1]):
+                    reasons.setdefault(layer.name, reason)
+        if reasons:
+            for item in tree_flatten(result)[0]:
+                if isinstance(item, Tensor):
+                    self.ids.pop(id(item), None)
+                    self.opaque[id(item)] = (item, reasons)
+
+    # -- the mode ---------------------------------------------------------------------------------
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+        tracked = [t for t in tensors if id(t) in self.ids]
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        if func in (F.linear, F.conv2d) and id(weight) in self.layers:
+            return self.run_layer(func, self.layers[id(weight)], args, kwargs)
+        if not tracked and not any(id(t) in self.opaque for t in tensors):
+            return func(*args, **kwargs)
+        name = getattr(func, "__name__", str(func))
+        pre_activation = None
+        if name not in _MOVES | _SCALINGS | _POOLS | _NORMS | _SUMS and len(tracked) == 1 and tensors[0] is tracked[0]:
+            ids = _one_sample(self.ids[id(tracked[0])][1])
+            if ((ids >= 0) & (ids % 2 == 0)).any():
+                pre_activation = self.activation(tracked[0])  # before func, which may work in place
+        result = func(*args, **kwargs)
+        if not any(isinstance(item, Tensor) for item in tree_flatten(result)[0]):
+            return result  # a shape, a size, a bool: no data flows on
+        n_opaque = sum(id(t) in self.opaque for t in tensors)
+        if name in _SUMS and len(tracked) + n_opaque >= 2:
+            for tensor in tracked:
+                for layer in self.layers_in(self.ids[id(tensor)][1]):
+                    layer.residual = True
+            self.mark_opaque(result, tracked, "residual")
+        elif n_opaque:
+            self.mark_opaque(result, tracked, f"goes through {name}")
+        elif name in _MOVES:
+            self.move(func, name, args, kwargs, result, tracked)
+        elif name in _SCALINGS and len(tracked) == 1 and all(t is tracked[0] or t.numel() == 1 for t in tensors):
+            self.ids[id(result)] = (result, self.ids[id(tracked[0])][1])
+        elif name in _POOLS and len(tracked) == 1:
+            self.pool(result, tracked[0])
+        elif name in _NORMS:
+            for layer in self.layers_in(self.ids[id(tracked[0])][1]):
+                layer.fail(f"'{layer.name}' is followed by {name}, which mixes the layer's neurons, so recycling "
+                           "could not keep the outputs unchanged")
+            self.ids[id(result)] = (result, self.ids[id(tracked[0])][1])
+        elif pre_activation is not None and isinstance(result, Tensor) and torch.equal(result, pre_activation):
+            self.activate(result, tracked[0])
+        else:
+            self.mark_opaque(result, tracked, f"goes through {name}")
+        return result
+
+    def run_layer(self, func, layer: _Layer, args: tuple, kwargs: dict) -> Tensor:
+        if layer.output is not None:
+            raise ValueError(f"layer '{layer.name}' runs more than once in a forward pass; dormant neurons are only "
+                             "defined for layers that run once")
+        x = args[0] if args else kwargs["input"]
+        output = func(*args, **kwargs)
+        layer.output = output
+        self.order.append(layer)
+        self.read(layer, x)
+        channel_dim = output.dim() - (3 if isinstance(layer.module, nn.Conv2d) else 1)
+        shape = [1] * output.dim()
+        shape[channel_dim] = layer.size
+        neuron_ids = 2 * (layer.first_id + torch.arange(layer.size, device=output.device))
+        self.ids[id(output)] = (output, neuron_ids.view(shape).expand(output.shape))
+        return output
+
+    def read(self, reader: _Layer, x: Tensor) -> None:
+        """Records which hidden neurons ``reader`` reads, per input column (Linear) or channel (Conv2d)."""
+        for name, reason in self.sources(x).items():
+            source = next(layer for layer in self.layers.values() if layer.name == name)
+            source.readers.setdefault(reader.name, torch.full((1,), _NONE))
+            if reason == "residual":
+                source.residual = True
+            else:
+                source.fail(f"'{name}' {reason} before '{reader.name}' reads it")
+        if id(x) not in self.ids:
+            return
+        ids = _one_sample(self.ids[id(x)][1])
+        if isinstance(reader.module, nn.Conv2d):
+            per_channel = ids.movedim(-3, 0).reshape(ids.shape[-3], -1)  # (in_channels, everything else)
+            column_ids = per_channel.amax(dim=1)
+            mixed = ((per_channel != column_ids[:, None]) & (per_channel != _NONE)).any(dim=1)
+        else:
+            rows = ids.reshape(-1, ids.shape[-1])
+            column_ids = rows[0]
+            mixed = (rows != column_ids).any(dim=0)
+        for layer in self.layers_in(ids):
+            layer.readers[reader.name] = column_ids
+            own = (column_ids >= 0) & (column_ids // 2 >= layer.first_id) & (column_ids // 2 < layer.first_id + layer.size)
+            if mixed.any():
+                layer.fail(f"'{reader.name}' reads '{layer.name}' with several neurons in one input "
+                           f"{'channel' if isinstance(reader.module, nn.Conv2d) else 'column'}")
+            elif (own & (column_ids % 2 == 0)).any():
+                layer.fail(f"'{reader.name}' reads '{layer.name}' without the activation (pass activation=... "
+                           "if the network applies another nonlinearity)")
+            if isinstance(reader.module, nn.Conv2d) and reader.module.groups != 1:
+                layer.fail(f"'{reader.name}', which reads '{layer.name}', is a grouped convolution "
+                           f"(groups={reader.module.groups})")
+
+    def move(self, func, name: str, args: tuple, kwargs: dict, result: Any, tracked: list[Tensor]) -> None:
+        def as_ids(value):
+            if isinstance(value, Tensor):
+                return self.ids[id(value)][1] if id(value) in self.ids else torch.full_like(value, _NONE, dtype=torch.long)
+            return value
+
+        if name in ("float", "double", "half", "bfloat16", "to", "type", "type_as", "contiguous", "clone", "detach"):
+            moved = self.ids[id(tracked[0])][1]
+        elif name == "pad":
+            if kwargs.get("mode", args[2] if len(args) > 2 else "constant") != "constant" or (
+                    kwargs.get("value", args[3] if len(args) > 3 else None) or 0) != 0:
+                self.mark_opaque(result, tracked, "goes through a padding other than zeros")
+                return
+            ids = as_ids(args[0])
+            batch_free = ids.dim() > 1 and ids.stride(0) == 0
+            moved = F.pad(ids[:1] if batch_free else ids, args[1] if len(args) > 1 else kwargs["pad"], value=_NONE)
+            moved = moved.expand(result.shape) if batch_free else moved
+        else:
+            ids_args, ids_kwargs = [], {}
+            for arg in args:
+                ids_args.append(type(arg)(as_ids(item) for item in arg) if isinstance(arg, (list, tuple)) else as_ids(arg))
+            for key, value in kwargs.items():
+                ids_kwargs[key] = as_ids(value)
+            moved = (torch.Tensor.reshape if name == "view" else func)(*ids_args, **ids_kwargs)
+        for item, item_ids in zip(tree_flatten(result)[0], tree_flatten(moved)[0]):
+            if isinstance(item, Tensor) and isinstance(item_ids, Tensor) and item.shape == item_ids.shape:
+                self.ids[id(item)] = (item, item_ids)
+
+    def pool(self, result: Any, x: Tensor) -> None:
+        ids = self.ids[id(x)][1]
+        flat = ids.reshape(*ids.shape[:-2], -1)
+        channel_ids = flat.amax(dim=-1, keepdim=True)
+        if ((flat != channel_ids) & (flat != _NONE)).any():
+            self.mark_opaque(result, [x], "is pooled across neurons")
+            return
+        for item in tree_flatten(result)[0][:1]:  # the pooled values, not max_pool's indices
+            self.ids[id(item)] = (item, channel_ids[..., None].expand(item.shape))
+
+    def activate(self, result: Tensor, x: Tensor) -> None:
+        full_ids, abs_values = self.ids[id(x)][1], result.detach().abs()
+        ids, samples = _one_sample(full_ids), 1
+        if ids is not full_ids:  # the same ids for every sample: sum over the batch first
+            abs_values, samples = abs_values.sum(dim=0, dtype=torch.double), full_ids.shape[0]
+        pre = (ids >= 0) & (ids % 2 == 0)
+        neurons, values = ids[pre] // 2, abs_values[pre].double()
+        for layer in self.layers_in(ids):
+            own = (neurons >= layer.first_id) & (neurons < layer.first_id + layer.size)
+            index = neurons[own] - layer.first_id
+            abs_sum = torch.zeros(layer.size, dtype=torch.double, device=values.device).index_add_(0, index, values[own])
+            count = torch.bincount(index, minlength=layer.size) * samples
+            layer.abs_sum = abs_sum if layer.abs_sum is None else layer.abs_sum + abs_sum
+            layer.count = count if layer.count is None else layer.count + count
+        self.ids[id(result)] = (result, torch.where(pre, ids + 1, ids).expand(full_ids.shape))
+
+    def finish(self, outputs: Any) -> None:
+        for item in tree_flatten(outputs)[0]:
+            if isinstance(item, Tensor) and id(item) in self.ids:
+                for layer in self.layers_in(self.ids[id(item)][1]):
+                    if layer.readers:
+                        layer.fail(f"'{layer.name}' is read by other layers and is also part of the model's output")
+        self.ids.clear()
+        self.opaque.clear()
 
 
-def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callable[[Tensor], Tensor] = F.relu) -> dict[str, Tensor]:
+def _one_sample(ids: Tensor) -> Tensor:
+    """``ids[0]`` when ``ids`` repeats along the batch dimension (stride 0, as made by ``expand``), else ``ids``."""
+    return ids[0] if ids.dim() > 1 and ids.stride(0) == 0 else ids
+
+
+def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callable[[Tensor], Tensor],
+           forward: Callable | None) -> list[_Layer]:
+    """Runs one forward pass; returns the hidden layers (those read by another layer), in execution order."""
+    tracer = _Tracer(model, activation)
+    call = forward or model
+    with torch.no_grad(), tracer:
+        outputs = call(*x) if isinstance(x, tuple) else call(x)
+    tracer.finish(outputs)
+    hidden = [layer for layer in tracer.order if layer.readers]
+    if not hidden:
+        raise ValueError(f"{type(model).__name__} ran {len(tracer.order)} Linear/Conv2d layer(s), none of them read by "
+                         "another: scoring needs at least one hidden layer before the output layers")
+    return hidden
+
+
+def _score(layer: _Layer) -> Tensor:
+    mean_abs = (layer.abs_sum / layer.count).float()
+    return mean_abs / (mean_abs.mean() + _EPS)
+
+
+def _scored(layer: _Layer) -> bool:
+    if layer.count is not None and bool((layer.count > 0).all()):
+        return True
+    if layer.residual and layer.problem is None:
+        return False  # a residual-stream writer has no activation of its own
+    raise ValueError(layer.problem or f"no activation of '{layer.name}' was found (pass activation=... if the network "
+                                      "applies another nonlinearity)")
+
+
+def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callable[[Tensor], Tensor] = F.relu,
+                   forward: Callable | None = None) -> dict[str, Tensor]:
     """Scores every hidden neuron of ``model`` on the batch ``x``.
 
-    Runs ``model(x)`` once, without recording gradients, with forward hooks on every ``nn.Linear``
-    and ``nn.Conv2d``. For each such layer that runs, except the last one (the output layer), the
-    score of neuron i is ``E|activation(h)_i| / (mean_k E|activation(h)_k| + 1e-9)``, the mean taken
-    over the batch (and, for a convolution, over all spatial positions of channel i). The model's
-    train/eval mode is left as it is: call ``model.eval()`` first if it has dropout or batch norm.
+    Runs the forward pass once, without recording gradients, and follows each ``nn.Linear`` and
+    ``nn.Conv2d`` output to where ``activation`` is applied to it (see the module docstring). The
+    score of neuron i is ``E|a_i| / (mean_k E|a_k| + 1e-9)``, ``a`` that activation, the mean taken
+    over the batch (and, for a convolution, over all spatial positions of channel i). Output layers,
+    read by no other layer, are not scored; nor are layers that only write into a residual stream
+    (no activation of their own). The train/eval mode is left as it is: call ``model.eval()``
+    first if it has dropout or batch norm.
 
     Args:
-        model: the network. Each scored layer must run exactly once per forward pass.
+        model: the network. Each of its Linear/Conv2d layers runs at most once per forward pass.
         x: a batch of inputs, e.g. states sampled uniformly from a replay buffer, or a tuple of
-            batches passed as ``model(*x)`` (e.g. a critic's states and actions).
+            batches passed as ``forward(*x)`` (e.g. a critic's states and actions).
         activation: the nonlinearity that follows each hidden layer.
+        forward: what to call instead of ``model``, e.g. ``agent.get_value`` for a module with
+            no ``forward``; it must run the layers of ``model``.
 
     Returns:
         ``{module name: float32 tensor of shape (out_features or out_channels,)}``, in execution
         order, names as in ``model.named_modules()``.
 
     Raises:
-        ValueError: a layer runs more than once, or there is no hidden layer.
+        ValueError: a layer runs more than once, there is no hidden layer, or a hidden layer's
+            activation cannot be found (names the layer).
     """
-    return {record.name: record.score for record in _trace(model, x, activation, check_chain=False)[:-1]}
+    return {layer.name: _score(layer) for layer in _trace(model, x, activation, forward) if _scored(layer)}
 
 
 def dormant_fractions(scores: dict[str, Tensor], tau: float) -> dict[str, float]:
@@ -145,14 +384,15 @@ def dormant_fractions(scores: dict[str, Tensor], tau: float) -> dict[str, float]
 
 def _default_init(weight: Tensor) -> None:
     # What nn.Linear.reset_parameters and nn.Conv2d.reset_parameters draw.
-    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    nn.init.kaiming_uniform_(weight, a=5**0.5)
 
 
-def _zero_optimizer_entries(optimizer: torch.optim.Optimizer | None, param: Tensor, index: tuple, reset_step: bool) -> None:
+def _zero_optimizer_entries(optimizer: torch.optim.Optimizer | None, param: Tensor, index: tuple,
+                            reset_step: bool) -> None:
     if optimizer is None or param not in optimizer.state:
         return
     state = optimizer.state[param]
-    for key, value in state.items():
+    for value in state.values():
         if isinstance(value, Tensor) and value.shape == param.shape:
             value[index] = 0
     if reset_step and "step" in state:
@@ -171,14 +411,16 @@ def recycle_dormant(
     activation: Callable[[Tensor], Tensor] = F.relu,
     init_fn: Callable[[Tensor], object] | None = None,
     reset_optimizer_step: bool = False,
+    forward: Callable | None = None,
 ) -> dict[str, dict]:
     """Recycles the tau-dormant neurons of ``model``, scored on ``x``, in place.
 
     For every hidden neuron with ``score <= tau`` (see :func:`dormant_scores`): its incoming
-    weights are re-drawn with ``init_fn`` and its bias is set to 0; then its outgoing weights in the
-    next layer are set to 0 (a column of a Linear, an input channel of a Conv2d, or, after a flatten,
-    the channel's block of H*W columns). All re-draws happen before any zeroing, so a weight between
-    two recycled neurons ends at 0. Parameters stay the same tensor objects.
+    weights are re-drawn with ``init_fn`` and its bias is set to 0; then its outgoing weights are set
+    to 0 in every layer that reads it (the columns of a Linear, or the input channel of a Conv2d,
+    that hold its activation, wherever a flatten, concatenation or padding put them). All re-draws
+    happen before any zeroing, so a weight between two recycled neurons ends at 0. Parameters stay
+    the same tensor objects.
 
     In ``optimizer.state[param]`` of every edited parameter, each tensor with the parameter's shape
     (Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, SGD's ``momentum_buffer``, RMSprop's
@@ -186,10 +428,10 @@ def recycle_dormant(
     untouched. Layers with no dormant neuron, and their optimizer state, are not touched at all.
 
     Args:
-        model: a supported network (see the module docstring); checked on this forward pass.
+        model: the network; its graph is read from this forward pass (see the module docstring).
         optimizer: the model's optimizer, or None. State is looked up by parameter object.
         x: the batch to score on, e.g. states sampled uniformly from the replay buffer, or a
-            tuple of batches passed as ``model(*x)``.
+            tuple of batches passed as ``forward(*x)``.
         tau: dormancy threshold, >= 0. With 0 the outputs on ``x`` are unchanged.
         activation: the nonlinearity that follows each hidden layer.
         init_fn: an in-place initializer called on a new tensor shaped like a layer's weight, e.g.
@@ -200,62 +442,61 @@ def recycle_dormant(
             restarts Adam's bias correction for the **whole** tensor, which rescales the updates of
             every neuron of the layer, not only the recycled ones. Off by default, as in the
             authors' code.
+        forward: what to call instead of ``model``, as in :func:`dormant_scores`.
 
     Returns:
-        ``{"recycled": {layer name: number of neurons recycled}, "scores": {layer name: scores}}``.
+        ``{"recycled": {layer: neurons recycled}, "scores": {layer: scores before recycling},
+        "not_recyclable": {layer: reason}}``; the last lists the residual-stream writers left alone.
 
     Raises:
-        ValueError: ``tau < 0``, or the architecture is not supported (names the layer). Raised
-            before anything is modified.
+        ValueError: ``tau < 0``, or a hidden layer cannot be recycled exactly (names the layer and
+            the reason). Raised before anything is modified.
     """
     if not tau >= 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
     init_fn = init_fn or _default_init
-    records = _trace(model, x, activation, check_chain=True)
-    for record, successor in zip(records[:-1], records[1:]):
-        _check_supported(record, successor)
+    hidden = _trace(model, x, activation, forward)
+    by_name = {layer.name: layer for layer in hidden}
+    for layer in hidden:
+        if isinstance(layer.module, nn.Conv2d) and layer.module.groups != 1:
+            layer.fail(f"'{layer.name}' is a grouped convolution (groups={layer.module.groups})")
+        if layer.problem is not None:
+            raise ValueError(f"cannot recycle: {layer.problem}")
+    recyclable = [layer for layer in hidden if _scored(layer) and not layer.residual]
+    masks = {layer.name: _score(layer) <= tau for layer in recyclable}
+    modules = dict(model.named_modules())
 
-    masks = [record.score <= tau for record in records[:-1]]
     # Re-draw every incoming weight first, then zero every outgoing weight (see docstring).
-    for record, mask in zip(records, masks):
+    for layer in recyclable:
+        mask = masks[layer.name]
         if not mask.any():
             continue
-        layer = record.module
+        weight = layer.module.weight
         # Contiguous, so the same seed gives the same weights whatever the layer's memory format.
-        fresh = torch.empty(layer.weight.shape, dtype=layer.weight.dtype, device=layer.weight.device)
+        fresh = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
         init_fn(fresh)
-        layer.weight[mask] = fresh[mask]
-        _zero_optimizer_entries(optimizer, layer.weight, (mask,), reset_optimizer_step)
-        if layer.bias is not None:
-            layer.bias[mask] = 0
-            _zero_optimizer_entries(optimizer, layer.bias, (mask,), reset_optimizer_step)
-    for record, successor, mask in zip(records, records[1:], masks):
+        weight[mask] = fresh[mask]
+        _zero_optimizer_entries(optimizer, weight, (mask,), reset_optimizer_step)
+        if layer.module.bias is not None:
+            layer.module.bias[mask] = 0
+            _zero_optimizer_entries(optimizer, layer.module.bias, (mask,), reset_optimizer_step)
+    for layer in recyclable:
+        mask = masks[layer.name]
         if not mask.any():
             continue
-        weight = successor.module.weight
-        repeats = weight.shape[1] // mask.numel()  # H*W after a flatten from a conv, else 1
-        columns = mask.repeat_interleave(repeats)
-        index = (slice(None), columns)
-        weight[index] = 0
-        _zero_optimizer_entries(optimizer, weight, index, reset_optimizer_step)
+        recycled_ids = 2 * (layer.first_id + mask.nonzero().flatten()) + 1
+        for reader_name, column_ids in layer.readers.items():
+            weight = modules[reader_name].weight
+            columns = torch.isin(column_ids, recycled_ids.to(column_ids.device))
+            index = (slice(None), columns.to(weight.device))
+            weight[index] = 0
+            _zero_optimizer_entries(optimizer, weight, index, reset_optimizer_step)
 
     return {
-        "recycled": {record.name: int(mask.sum()) for record, mask in zip(records, masks)},
-        "scores": {record.name: record.score for record in records[:-1]},
+        "recycled": {layer.name: int(masks[layer.name].sum()) for layer in recyclable},
+        "scores": {layer.name: _score(layer) for layer in hidden if layer.count is not None and
+                   bool((layer.count > 0).all())},
+        "not_recyclable": {layer.name: f"'{layer.name}' writes into a residual stream (added to another layer's "
+                           "output), so no weights belong to one of its channels" for layer in hidden
+                           if layer.residual},
     }
-
-
-def _check_supported(record: _LayerRecord, successor: _LayerRecord) -> None:
-    layer, after = record.module, successor.module
-    for module, name in ((layer, record.name), (after, successor.name)):
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise ValueError(f"layer '{name}' is a grouped convolution (groups={module.groups}); recycle_dormant "
-                             "supports groups=1 only")
-    if isinstance(layer, nn.Linear) and isinstance(after, nn.Conv2d):
-        raise ValueError(f"layer '{record.name}' (Linear) feeds a Conv2d '{successor.name}'; recycle_dormant "
-                         "supports Conv2d->Conv2d, Conv2d->Linear and Linear->Linear only")
-    if not record.feeds_next_directly:
-        raise ValueError(f"layer '{record.name}': the next layer '{successor.name}' does not take exactly "
-                         f"activation({record.name}) as input (residual connection, concatenation, pooling, "
-                         "normalization, several heads, another activation, or a flatten order other than NCHW?); recycle_dormant "
-                         "supports plain chains only")
