@@ -3,18 +3,24 @@
     python dqn_redo.py --env-id DemonAttack-v4 --enable-redo
     tensorboard --logdir runs
 
-Defaults follow the paper's DQN protocol (Dopamine): Adam 6.25e-5 / eps 1.5e-4, Huber loss on the
-plain max target, batch 32, 1M replay, 20k warm-up steps, hard target sync every 8000 agent steps,
-epsilon 1.0 -> 0.01 over 250k agent steps, replay ratio 0.25, 4 frames per agent step.
+Defaults follow the paper's DQN (Dopamine's code, see the README's table): its network (SAME padding,
+Xavier-uniform weights, zero biases), Adam 6.25e-5 / eps 1.5e-4, Huber loss on the plain max target,
+batch 32, 1M replay, 20k warm-up steps at epsilon 1, then epsilon -> 0.01 over 250k agent steps, hard
+target sync every 8000 agent steps, replay ratio 0.25; sticky actions 0.25, 4 frames per agent step,
+full-game episodes capped at 27,000 agent steps. CleanRL's Atari stack for comparisons:
+
+    python dqn_redo.py --env-id BreakoutNoFrameskip-v4 --network nature --sticky-actions 0 \
+        --terminal-on-life-loss --noop-max 30 --fire-reset --no-epsilon-after-warmup
 """
 
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
 import difflib
+import math
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -22,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import ale_py
 import gymnasium as gym
@@ -59,7 +65,19 @@ class Args:
     torch_threads: int = 0
     """CPU threads for torch (0: torch's default); use 1 per process when running several at once"""
     env_id: str = "DemonAttack-v4"
-    """Atari id: `DemonAttack-v4`, `DemonAttackNoFrameskip-v4` or `ALE/DemonAttack-v5` (sticky actions 0.25); each gives 4 emulator frames per agent step"""
+    """Atari id (`DemonAttack-v4`, `DemonAttackNoFrameskip-v4`, `ALE/DemonAttack-v5`: the same game here, since the flags below set frame skip, stickiness and the episode cap for every id)"""
+    network: Literal["dopamine", "nature"] = "dopamine"
+    """`dopamine`: the paper's network (Dopamine's Flax Nature CNN: SAME padding, 7,744 inputs to fc1, Xavier-uniform weights, zero biases); `nature`: the Nature/CleanRL network (VALID padding, 3,136 inputs, PyTorch's default init)"""
+    sticky_actions: float = 0.25
+    """probability that the emulator repeats the previous action at each frame (Machado et al. 2018; 0: none)"""
+    terminal_on_life_loss: bool = False
+    """end the learning episode (no bootstrap) when a life is lost; the game itself goes on (CleanRL)"""
+    noop_max: int = 0
+    """up to this many no-op actions at each reset (CleanRL: 30; the paper: 0)"""
+    fire_reset: bool = False
+    """press FIRE after each reset in games that need it (CleanRL)"""
+    max_episode_steps: int = 27_000
+    """agent steps after which an episode is truncated (bootstrapped): 27,000 is 108,000 frames, 30 minutes of play"""
     total_timesteps: int = 2_500_000
     """agent steps to train for (4 frames each: 2.5M steps are the paper's 10M frames)"""
     learning_rate: float = 6.25e-5
@@ -80,6 +98,8 @@ class Args:
     """final exploration epsilon"""
     epsilon_decay_steps: int = 250_000
     """agent steps over which epsilon decays linearly from start-e to end-e"""
+    epsilon_after_warmup: bool = True
+    """hold epsilon at start-e through the warm-up and decay it afterwards (Dopamine); off: decay from step 0 (CleanRL)"""
     learning_starts: int = 20_000
     """agent steps of warm-up (random actions from epsilon, no training)"""
     replay_ratio: float = 0.25
@@ -90,8 +110,8 @@ class Args:
     """dormancy threshold: a neuron with score <= tau is recycled"""
     redo_interval: int = 1000
     """gradient steps between dormant-neuron checks (logging, and recycling with --enable-redo)"""
-    redo_batch_size: int = 64
-    """states sampled uniformly from the replay to score neurons"""
+    redo_batch_size: int = 256
+    """states sampled uniformly from the replay to score neurons (the authors' code: 256; the paper's text: 64)"""
     log_interval: int = 100
     """gradient steps between logs of the losses and SPS"""
     save_model: bool = False
@@ -117,17 +137,24 @@ CHANGEABLE_ON_RESUME = {"total_timesteps", "log_interval", "checkpoint_interval"
 # Environment
 
 
-def make_env(env_id: str, episodic_life: bool = True) -> gym.Env:
-    """The standard DQN Atari stack, with exactly 4 emulator frames per agent step for every id."""
+def make_env(args: Args, evaluation: bool = False) -> gym.Env:
+    """The Atari stack of ``args``, with exactly 4 emulator frames per agent step for every id.
+
+    The defaults are Dopamine's (``atari_lib.create_atari_environment``): sticky actions 0.25, a max
+    over the last two of the 4 frames, full-game episodes, no no-op or FIRE resets, 84x84 greyscale
+    (area interpolation), 4 stacked frames, at most 27,000 agent steps. ``evaluation`` plays full games.
+    """
     # frameskip=1 overrides the id's own skipping (v4: 2-4 frames at random, v5: 4), so that
-    # MaxAndSkipEnv's 4 is the only one; v5 keeps its sticky actions.
-    env = gym.make(env_id, frameskip=1, obs_type="grayscale")
+    # MaxAndSkipEnv's 4 is the only one. The ALE applies stickiness at every emulator frame, as in Dopamine.
+    env = gym.make(args.env_id, frameskip=1, obs_type="grayscale", repeat_action_probability=args.sticky_actions,
+                   max_num_frames_per_episode=4 * args.max_episode_steps)
     env = gym.wrappers.RecordEpisodeStatistics(env)  # innermost: real, unclipped, full-game returns
-    env = NoopResetEnv(env, noop_max=30)
+    if args.noop_max > 0:
+        env = NoopResetEnv(env, noop_max=args.noop_max)
     env = MaxAndSkipEnv(env, skip=4)
-    if episodic_life:
+    if args.terminal_on_life_loss and not evaluation:
         env = EpisodicLifeEnv(env)
-    if "FIRE" in env.unwrapped.get_action_meanings():
+    if args.fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
         env = FireResetEnv(env)
     env = gym.wrappers.ResizeObservation(env, (84, 84))
     return gym.wrappers.FrameStackObservation(env, 4)  # pads a new episode with its first frame
@@ -262,18 +289,39 @@ class FrameReplayBuffer:
 
 
 class QNetwork(nn.Module):
-    """The Nature DQN CNN, with named layers so the dormant-neuron tags read conv1 ... fc1."""
+    """The DQN CNN, with named layers so the dormant-neuron tags read conv1 ... fc1.
 
-    def __init__(self, n_actions: int):
+    ``dopamine`` is the paper's network, Dopamine's Flax ``ScalableNatureDQNNetwork``
+    (``dopamine/labs/redo/networks.py``): the Nature layout with Flax's default SAME padding (feature
+    maps 21x21, 11x11, 11x11; conv2 is padded 1 before and 2 after, as Flax does), Xavier-uniform
+    weights and zero biases in every layer. Flax flattens NHWC where PyTorch flattens NCHW: that only
+    permutes fc1's input columns, whose initial weights are i.i.d., so the two are the same network.
+    ``nature`` is the Nature/CleanRL network: VALID padding (20x20, 9x9, 7x7) and PyTorch's default init.
+    """
+
+    def __init__(self, n_actions: int, network: str = "dopamine"):
         super().__init__()
-        self.conv1 = nn.Conv2d(4, 32, 8, stride=4)
+        same = network == "dopamine"
+        self.conv2_pad = (1, 2, 1, 2) if same else None  # (left, right, top, bottom)
+        self.conv1 = nn.Conv2d(4, 32, 8, stride=4, padding=2 if same else 0)
         self.conv2 = nn.Conv2d(32, 64, 4, stride=2)
-        self.conv3 = nn.Conv2d(64, 64, 3, stride=1)
-        self.fc1 = nn.Linear(64 * 7 * 7, 512)
+        self.conv3 = nn.Conv2d(64, 64, 3, stride=1, padding=1 if same else 0)
+        self.fc1 = nn.Linear(64 * (11 * 11 if same else 7 * 7), 512)
         self.q = nn.Linear(512, n_actions)
+        if same:
+            for layer in (self.conv1, self.conv2, self.conv3, self.fc1, self.q):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    @staticmethod
+    def weight_init(network: str) -> Callable[[torch.Tensor], object] | None:
+        """The initializer ReDo re-draws recycled weights with: the network's own (None: PyTorch's default)."""
+        return nn.init.xavier_uniform_ if network == "dopamine" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x.float() / 255.0))
+        if self.conv2_pad is not None:
+            x = F.pad(x, self.conv2_pad)
         x = F.relu(self.conv2(x))
         # ReLU after the flatten gives the same values; under torch.compile with channels_last it lets the
         # backward reuse the saved fc1 input instead of storing a ReLU mask, 0.6 ms of a 13 ms update on CPU.
@@ -335,8 +383,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                 param_state[key] = torch.empty_like(param).copy_(value)
 
 
-def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> float:
-    return max(end_e, start_e + (end_e - start_e) * t / duration)
+def epsilon_at(args: Args, step: int) -> float:
+    """Exploration epsilon at an agent step: linear from start-e to end-e over --epsilon-decay-steps, starting
+    after the warm-up (Dopamine's ``linearly_decaying_epsilon``) or at step 0."""
+    decay_start = args.learning_starts if args.epsilon_after_warmup else 0
+    progress = min(1.0, max(0, step - decay_start) / args.epsilon_decay_steps)
+    return args.start_e + (args.end_e - args.start_e) * progress
 
 
 def gradient_steps_due(training_steps: int, replay_ratio: Fraction) -> int:
@@ -365,7 +417,7 @@ def argument_error(args: Args) -> str | None:
         return f"--torch-threads must be >= 0, got {args.torch_threads}"
     if args.checkpoint_interval < 0:
         return f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}"
-    positive = ["total_timesteps", "buffer_size", "batch_size", "target_network_frequency", "epsilon_decay_steps",
+    positive = ["total_timesteps", "max_episode_steps", "buffer_size", "batch_size", "target_network_frequency", "epsilon_decay_steps",
                 "redo_interval", "redo_batch_size", "log_interval", "eval_episodes"]
     for name in positive:
         if getattr(args, name) <= 0:
@@ -374,14 +426,25 @@ def argument_error(args: Args) -> str | None:
         return f"--replay-ratio must be positive, got {args.replay_ratio}"
     if not args.redo_tau >= 0:
         return f"--redo-tau must be >= 0, got {args.redo_tau}"
-    if not 0 < args.learning_rate:
-        return f"--learning-rate must be positive, got {args.learning_rate}"
+    if not (0 < args.learning_rate < math.inf):
+        return f"--learning-rate must be positive and finite, got {args.learning_rate}"
+    if not 0 <= args.gamma <= 1:
+        return f"--gamma must be in [0, 1], got {args.gamma}"
+    if not 0 <= args.sticky_actions <= 1:
+        return f"--sticky-actions is a probability in [0, 1], got {args.sticky_actions}"
+    if args.noop_max < 0:
+        return f"--noop-max must be >= 0, got {args.noop_max}"
+    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name or args.exp_name in (".", ".."):
+        return f"--exp-name '{args.exp_name}' must be a plain name (no path separator): the run folder is runs/<env>__<exp-name>__..."
     if not (0 <= args.end_e <= 1 and 0 <= args.start_e <= 1 and 0 <= args.eval_epsilon <= 1):
         return "--start-e, --end-e and --eval-epsilon must be in [0, 1]"
     warm_up_needed = max(args.batch_size, args.redo_batch_size)
     if args.learning_starts < warm_up_needed:
         return (f"--learning-starts ({args.learning_starts}) is shorter than a batch ({warm_up_needed} transitions: "
                 "--batch-size and --redo-batch-size); raise it")
+    if args.resume is None and args.total_timesteps <= args.learning_starts:
+        return (f"--total-timesteps ({args.total_timesteps:,}) is not past --learning-starts ({args.learning_starts:,}): "
+                "the run would never train; raise --total-timesteps or lower --learning-starts")
     if args.buffer_size < warm_up_needed:
         return f"--buffer-size ({args.buffer_size}) is smaller than a batch ({warm_up_needed}); raise it"
     ids = atari_env_ids()
@@ -414,7 +477,7 @@ def format_duration(seconds: float) -> str:
 
 def evaluate(q_network: nn.Module, args: Args, device: torch.device) -> list[float]:
     """Full-game returns (unclipped, no life-loss terminals) of an epsilon-greedy policy."""
-    env = make_env(args.env_id, episodic_life=False)
+    env = make_env(args, evaluation=True)
     rng = np.random.default_rng(args.seed + 1)
     returns = []
     obs, _ = env.reset(seed=args.seed + 1)
@@ -437,30 +500,90 @@ def evaluate(q_network: nn.Module, args: Args, device: torch.device) -> list[flo
 
 
 _WRAPPER_STATE_TYPES = (int, float, np.ndarray, collections.deque, np.random.Generator)
+CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
+
+
+def to_plain(value):
+    """``value`` in types that ``torch.load(weights_only=True)`` reads: arrays as tensors, deques and numpy
+    generators as tagged dicts. Loading such a file can run no code."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(value.copy())}
+    if isinstance(value, collections.deque):
+        return {"__deque__": [to_plain(item) for item in value], "maxlen": value.maxlen}
+    if isinstance(value, np.random.Generator):
+        return {"__generator__": value.bit_generator.state}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_plain(item) for item in value)
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return value
+
+
+def from_plain(value):
+    """The inverse of :func:`to_plain`."""
+    if isinstance(value, dict):
+        if "__ndarray__" in value:
+            return value["__ndarray__"].numpy().copy()
+        if "__deque__" in value:
+            return collections.deque((from_plain(item) for item in value["__deque__"]), maxlen=value["maxlen"])
+        if "__generator__" in value:
+            bit_generator = getattr(np.random, value["__generator__"]["bit_generator"])()
+            bit_generator.state = value["__generator__"]
+            return np.random.Generator(bit_generator)
+        return {key: from_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(from_plain(item) for item in value)
+    return value
 
 
 def env_state(env) -> dict:
-    """What the environment needs to continue exactly: the emulator with its RNG, and the counters,
-    frame stacks and RNGs of every wrapper (lives, episode return, noop RNG, ...)."""
+    """What the environment needs to continue exactly: the emulator with its RNG (as bytes), and the
+    counters, frame stacks and RNGs of every wrapper (lives, episode return, noop RNG, ...)."""
     layers, layer = [], env
     while layer is not None:
-        layers.append({k: copy.deepcopy(v) for k, v in vars(layer).items() if isinstance(v, _WRAPPER_STATE_TYPES)})
+        layers.append(to_plain({k: v for k, v in vars(layer).items() if isinstance(v, _WRAPPER_STATE_TYPES)}))
         layer = getattr(layer, "env", None)
-    return {"layers": layers, "ale": env.unwrapped.ale.cloneState(include_rng=True)}
+    return {"layers": layers, "ale": env.unwrapped.ale.cloneState(include_rng=True).__getstate__()}
 
 
 def restore_env_state(env, state: dict) -> None:
     layer = env
     for saved in state["layers"]:
-        for key, value in saved.items():
-            setattr(layer, key, copy.deepcopy(value))
+        for key, value in from_plain(saved).items():
+            setattr(layer, key, value)
         layer = getattr(layer, "env", None)
-    env.unwrapped.ale.restoreState(state["ale"])
+    ale_state = ale_py.ALEState.__new__(ale_py.ALEState)
+    ale_state.__setstate__(state["ale"])
+    env.unwrapped.ale.restoreState(ale_state)
+
+
+def rng_state(rng: np.random.Generator, device: torch.device) -> dict:
+    """Every random number generator the run draws from: python's, numpy's, torch's (and CUDA's), the sampler's."""
+    return to_plain({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                     "generator": rng.bit_generator.state})
+
+
+def restore_rng_state(state: dict, rng: np.random.Generator, device: torch.device) -> None:
+    state = from_plain(state)
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    rng.bit_generator.state = state["generator"]
 
 
 def save_checkpoint(checkpoint: dict, run_dir: str) -> bool:
-    """Writes run_dir/checkpoint.pt atomically: a crash or a full disk leaves the previous one intact."""
-    path = os.path.join(run_dir, "checkpoint.pt")
+    """Writes run_dir/checkpoint.pt atomically and keeps the one before as checkpoint.prev.pt: a crash, a full
+    disk or one corrupted file never leaves the run without a readable checkpoint."""
+    path, previous = os.path.join(run_dir, CHECKPOINT), os.path.join(run_dir, PREVIOUS_CHECKPOINT)
     tmp_path = path + ".tmp"
     buffer = checkpoint.get("buffer")
     needed = sum(t.nbytes for t in buffer.values() if isinstance(t, torch.Tensor)) if buffer else 0
@@ -472,6 +595,8 @@ def save_checkpoint(checkpoint: dict, run_dir: str) -> bool:
             torch.save(checkpoint, file)
             file.flush()
             os.fsync(file.fileno())
+        if os.path.exists(path):
+            os.replace(path, previous)
         os.replace(tmp_path, path)
         return True
     except OSError as error:
@@ -484,17 +609,41 @@ def save_checkpoint(checkpoint: dict, run_dir: str) -> bool:
         return False
 
 
-def load_checkpoint(path: str) -> tuple[dict | None, str | None]:
-    """(checkpoint, None), or (None, a one-line error)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.pt")
+def read_checkpoint(path: str) -> tuple[dict | None, str | None]:
+    """(checkpoint, None), or (None, why it cannot be used). Reads with ``weights_only=True``: tensors and plain
+    values only, so a tampered file cannot run code."""
     if not os.path.isfile(path):
-        return None, f"no checkpoint at {path}: --resume takes a run folder or its checkpoint.pt"
+        return None, f"no checkpoint at {path}"
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        reason = (str(error).strip().splitlines() or [""])[-1][:200]
+        return None, (f"{path} was refused: it holds objects that a weights-only load does not create ({reason}); "
+                      "it was not written by this version of dqn_redo.py")
     except Exception as error:
-        return None, f"{path} is not a readable checkpoint ({type(error).__name__}: {error})"
-    checkpoint["run_dir"] = os.path.dirname(path)  # wherever the run folder is now
+        return None, f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})"
+    if not isinstance(checkpoint, dict) or not {"args", "global_step", "q_network"} <= checkpoint.keys():
+        return None, f"{path} is not a dqn_redo.py checkpoint"
+    return checkpoint, None
+
+
+def load_checkpoint(path: str) -> tuple[dict | None, str | None]:
+    """The checkpoint to resume from: ``path`` (a run folder or its checkpoint.pt), or, if that cannot be read,
+    the previous one beside it, with a warning. Returns (checkpoint, None) or (None, a one-line error)."""
+    run_dir = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    path = os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
+    checkpoint, error = read_checkpoint(path)
+    previous = os.path.join(run_dir, PREVIOUS_CHECKPOINT)
+    if checkpoint is None and os.path.basename(path) == CHECKPOINT and os.path.isfile(previous):
+        checkpoint, previous_error = read_checkpoint(previous)
+        if checkpoint is None:
+            return None, f"{error}; the previous one cannot be used either: {previous_error}"
+        print(f"warning: {error}; resuming from the previous checkpoint {previous} "
+              f"(step {checkpoint['global_step']:,})", file=sys.stderr)
+    if checkpoint is None:
+        hint = "" if os.path.isfile(path) else ": --resume takes a run folder or its checkpoint.pt"
+        return None, error + hint
+    checkpoint["run_dir"] = run_dir  # wherever the run folder is now
     return checkpoint, None
 
 
@@ -514,13 +663,13 @@ def resume_mismatch(args: Args, checkpoint: dict) -> str | None:
 # Training
 
 
-def main(args: Args) -> None:
+def main(args: Args, checkpoint: dict | None = None) -> None:
+    """Trains. ``checkpoint``: the one ``args.resume`` names, if the caller has read it already."""
     error = argument_error(args)
-    checkpoint = None
-    if error is None and args.resume is not None:
+    if error is None and args.resume is not None and checkpoint is None:
         checkpoint, error = load_checkpoint(args.resume)
-        if error is None:
-            error = resume_mismatch(args, checkpoint)
+    if error is None and checkpoint is not None:
+        error = resume_mismatch(args, checkpoint)
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -553,14 +702,18 @@ def main(args: Args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     print(f"{'resuming' if checkpoint else 'run'} {run_dir} at step {start_step:,} on {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-
-    env = make_env(args.env_id)
+    print(f"network {args.network}; {args.env_id}: sticky actions {args.sticky_actions:g}, "
+          f"{'life loss terminal' if args.terminal_on_life_loss else 'full-game episodes'}, no-op reset "
+          f"{args.noop_max}, FIRE reset {'on' if args.fire_reset else 'off'}, cap {args.max_episode_steps:,} steps; "
+          f"epsilon {args.start_e:g} -> {args.end_e:g} over {args.epsilon_decay_steps:,} steps "
+          f"{'after the warm-up' if args.epsilon_after_warmup else 'from step 0'}")
+    env = make_env(args)
     n_actions = env.action_space.n
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    q_network = QNetwork(n_actions).to(device, memory_format=memory_format)
+    q_network = QNetwork(n_actions, args.network).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps,
                                  fused=args.fused_adam)
-    target_network = QNetwork(n_actions).to(device, memory_format=memory_format)
+    target_network = QNetwork(n_actions, args.network).to(device, memory_format=memory_format)
     target_network.load_state_dict(q_network.state_dict())
     print(f"allocating the replay buffer: {args.buffer_size:,} transitions, "
           f"{FrameReplayBuffer.bytes_needed(args.buffer_size) / 2**30:.2f} GiB")
@@ -575,29 +728,22 @@ def main(args: Args) -> None:
         target_network.load_state_dict(checkpoint["target_network"])
         load_optimizer_state(optimizer, checkpoint["optimizer"])
         restore_env_state(env, checkpoint["env"])
-        obs = checkpoint["obs"]
+        obs = checkpoint["obs"].numpy().copy()
         counters.update(checkpoint["counters"])
-        random.setstate(checkpoint["rng"]["python"])
-        np.random.set_state(checkpoint["rng"]["numpy"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-        rng.bit_generator.state = checkpoint["rng"]["generator"]
+        restore_rng_state(checkpoint["rng"], rng, device)
         if checkpoint["buffer"] is not None:
             rb.load_state_dict(checkpoint["buffer"])
         else:  # refill the replay before training again; the schedules continue where they were
             counters["warmup_left"] = args.learning_starts
             print(f"the checkpoint has no replay buffer: refilling {args.learning_starts:,} steps before training")
-        del checkpoint
+        checkpoint.clear()  # frees the loaded copy of the replay, for the caller's reference too
 
     def make_checkpoint(next_step: int) -> dict:
         return {
             "args": dataclasses.asdict(args), "run_dir": run_dir, "global_step": next_step, "counters": dict(counters),
             "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-            "optimizer": optimizer.state_dict(), "env": env_state(env), "obs": obs,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                    "generator": rng.bit_generator.state},
+            "optimizer": optimizer.state_dict(), "env": env_state(env), "obs": torch.from_numpy(obs.copy()),
+            "rng": rng_state(rng, device),
             "buffer": rb.state_dict() if args.checkpoint_buffer else None,
         }
 
@@ -633,7 +779,7 @@ def main(args: Args) -> None:
     start_time = last_print = time.time()
     last_print_step, global_step = start_step, start_step - 1
     for global_step in range(start_step, args.total_timesteps):
-        epsilon = linear_schedule(args.start_e, args.end_e, args.epsilon_decay_steps, global_step)
+        epsilon = epsilon_at(args, global_step)
         if rng.random() < epsilon:
             action = int(rng.integers(n_actions))
         else:
@@ -681,7 +827,8 @@ def main(args: Args) -> None:
                     stop_if_diverged(global_step)
                     states = rb.sample(args.redo_batch_size).obs
                     if args.enable_redo:
-                        result = recycle_dormant(q_network, optimizer, states, tau=args.redo_tau)
+                        result = recycle_dormant(q_network, optimizer, states, tau=args.redo_tau,
+                                                 init_fn=QNetwork.weight_init(args.network))
                         scores = result["scores"]  # from before this recycling
                         for name, count in result["recycled"].items():
                             writer.add_scalar(f"redo/recycled/{name}", count, global_step)
@@ -723,7 +870,7 @@ def main(args: Args) -> None:
 
     if args.save_model:
         model_path = f"{run_dir}/{args.exp_name}.pt"
-        torch.save({"model": q_network.state_dict(), "args": dataclasses.asdict(args)}, model_path)
+        torch.save({"model": q_network.state_dict(), "args": dataclasses.asdict(args)}, model_path)  # weights_only-safe
         print(f"model saved to {model_path}")
         returns = evaluate(q_network, args, device)
         for episode, episodic_return in enumerate(returns):
@@ -736,10 +883,13 @@ def main(args: Args) -> None:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    checkpoint = None
     if args.resume is not None:
-        saved, _ = load_checkpoint(args.resume)  # main() reports a missing or broken checkpoint
-        if saved is not None:
-            # The run's own arguments are the defaults: only what is given again on the command line changes.
-            args = tyro.cli(Args, default=Args(**{**saved["args"], "resume": args.resume}))
-        del saved  # holds emulator objects, which must not outlive the interpreter's shutdown
-    main(args)
+        checkpoint, error = load_checkpoint(args.resume)
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        # The run's own arguments are the defaults: only what is given again on the command line changes.
+        saved_args = {key: value for key, value in checkpoint["args"].items() if key in Args.__dataclass_fields__}
+        args = tyro.cli(Args, default=Args(**{**saved_args, "resume": args.resume}))
+    main(args, checkpoint)

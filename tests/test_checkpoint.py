@@ -1,7 +1,9 @@
 """Checkpoints: exact resume, signals, divergence, disk errors, mismatched arguments."""
 
 import errno
+import io
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,11 +14,12 @@ import pytest
 import torch
 
 import dqn_redo
-from dqn_redo import env_state, load_checkpoint, make_env, restore_env_state, save_checkpoint
+from dqn_redo import Args, env_state, load_checkpoint, make_env, restore_env_state, save_checkpoint
 from test_dqn import ROOT, only_run, run_script, scalars
 
 SMALL = ["--learning-starts", "200", "--buffer-size", "1000", "--replay-ratio", "0.5", "--redo-interval", "20",
-         "--log-interval", "10", "--enable-redo", "--no-compile", "--checkpoint-buffer", "--seed", "4"]
+         "--log-interval", "10", "--enable-redo", "--no-compile", "--checkpoint-buffer", "--seed", "4",
+         "--redo-batch-size", "64"]
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
@@ -113,13 +116,16 @@ def test_disk_error_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys)
 def test_env_state_restores_the_game_exactly(env_id):
     rng = np.random.default_rng(0)
     actions = rng.integers(6, size=3000)
-    env = make_env(env_id)
+    env = make_env(Args(env_id=env_id))
     env.reset(seed=0)
     for action in actions[:300]:
         _, _, terminated, truncated, _ = env.step(int(action))
         if terminated or truncated:
             env.reset()
-    saved = env_state(env)
+    file = io.BytesIO()
+    torch.save(env_state(env), file)  # through a file, as in a checkpoint: plain types only
+    file.seek(0)
+    saved = torch.load(file, weights_only=True)
 
     def play(e):
         trace = []
@@ -133,7 +139,7 @@ def test_env_state_restores_the_game_exactly(env_id):
         return trace
 
     expected = play(env)
-    other = make_env(env_id)
+    other = make_env(Args(env_id=env_id))
     other.reset(seed=123)
     restore_env_state(other, saved)
     assert play(other) == expected
@@ -155,3 +161,44 @@ def test_resume_without_saved_replay_refills_and_goes_on(tmp_path):
     checkpoint, _ = load_checkpoint(str(run_dir))
     # 200 refill steps without updates, then 50 training steps at replay ratio 0.5.
     assert checkpoint["global_step"] == 500 and checkpoint["counters"]["gradient_steps"] == 25 + 25
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.mkdir, ("payload-ran",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"args": {}, "global_step": 1, "q_network": Payload()}, run_dir / "checkpoint.pt")
+    checkpoint, error = load_checkpoint(str(run_dir))
+    assert checkpoint is None and "was refused" in error and "\n" not in error
+    assert not (tmp_path / "payload-ran").exists()
+    result = run_script(tmp_path, "--resume", str(run_dir), timeout=60)
+    assert result.returncode == 2 and "was refused" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "payload-ran").exists()
+    with pytest.raises(pickle.UnpicklingError):  # what a plain load would have run, for contrast
+        torch.load(run_dir / "checkpoint.pt", weights_only=True)
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    result = run_script(tmp_path, *SMALL, "--total-timesteps", "300", "--checkpoint-interval", "100")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = only_run(tmp_path)
+    assert sorted(p.name for p in run_dir.glob("checkpoint*")) == ["checkpoint.prev.pt", "checkpoint.pt"]
+    previous, _ = load_checkpoint(str(run_dir / "checkpoint.prev.pt"))
+    assert previous["global_step"] == 200
+    newest = run_dir / "checkpoint.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a copy cut short
+    resumed = run_script(tmp_path, "--resume", str(run_dir), "--total-timesteps", "320")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from the previous checkpoint" in resumed.stderr and "(step 200)" in resumed.stderr
+    assert "at step 200" in resumed.stdout
+    both_bad = run_dir / "checkpoint.prev.pt"
+    both_bad.write_bytes(b"garbage")
+    newest.write_bytes(b"garbage")
+    failed = run_script(tmp_path, "--resume", str(run_dir), "--total-timesteps", "400", timeout=60)
+    assert failed.returncode == 2 and "the previous one cannot be used either" in failed.stderr

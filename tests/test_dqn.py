@@ -106,20 +106,21 @@ def test_same_seed_gives_identical_losses(tmp_path):
 
 def test_save_model_and_evaluate(tmp_path):
     result = run_script(tmp_path, "--env-id", "Pong-v4", "--save-model", "--eval-episodes", "1",
-                        "--total-timesteps", "400", "--learning-starts", "200", "--buffer-size", "1000")
+                        "--total-timesteps", "400", "--learning-starts", "200", "--buffer-size", "1000",
+                        "--redo-batch-size", "64")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only_run(tmp_path)
-    saved = torch.load(run_dir / "dqn_redo.pt", weights_only=False)
+    saved = torch.load(run_dir / "dqn_redo.pt", weights_only=True)
     assert saved["args"]["env_id"] == "Pong-v4"
     QNetwork(6).load_state_dict(saved["model"])
     evaluation = scalars(run_dir)["eval/episodic_return"]
     assert len(evaluation) == 1 and -21 <= evaluation[0][1] <= 21
 
 
-@pytest.mark.parametrize("env_id, sticky", [("DemonAttack-v4", 0.0), ("DemonAttackNoFrameskip-v4", 0.0),
-                                            ("ALE/DemonAttack-v5", 0.25)])
+@pytest.mark.parametrize("env_id, sticky", [("DemonAttack-v4", 0.25), ("DemonAttackNoFrameskip-v4", 0.0),
+                                            ("ALE/DemonAttack-v5", 0.25), ("ALE/DemonAttack-v5", 0.0)])
 def test_four_emulator_frames_per_agent_step(env_id, sticky):
-    env = make_env(env_id)
+    env = make_env(Args(env_id=env_id, sticky_actions=sticky))
     ale = env.unwrapped.ale
     assert ale.getFloat("repeat_action_probability") == pytest.approx(sticky)
     env.reset(seed=0)
@@ -163,6 +164,17 @@ def test_replay_ratio_schedule_is_exact(ratio):
     ({"buffer_size": 16}, "--buffer-size"),
     ({"learning_starts": 31}, "--learning-starts"),
     ({"buffer_size": 10**9}, "GiB is available"),
+    ({"exp_name": "../../x"}, "--exp-name '../../x' must be a plain name"),
+    ({"exp_name": "a/b"}, "--exp-name"),
+    ({"total_timesteps": 20_000}, "the run would never train"),
+    ({"gamma": 1.5}, "--gamma must be in [0, 1]"),
+    ({"gamma": -0.1}, "--gamma"),
+    ({"learning_rate": math.inf}, "--learning-rate must be positive and finite"),
+    ({"learning_rate": math.nan}, "--learning-rate"),
+    ({"learning_rate": 0.0}, "--learning-rate"),
+    ({"sticky_actions": 1.5}, "--sticky-actions"),
+    ({"noop_max": -1}, "--noop-max"),
+    ({"max_episode_steps": 0}, "--max-episode-steps"),
 ])
 def test_bad_input_exits_2_before_creating_anything(overrides, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

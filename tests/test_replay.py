@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dqn_redo import FrameReplayBuffer, make_env
+from dqn_redo import Args, FrameReplayBuffer, make_env
 
 STACK = 4
 
@@ -139,7 +139,7 @@ def test_an_episode_entered_in_its_middle_is_stored_exactly():
 
 
 def test_real_game_frames_are_returned_bit_identical():
-    env = make_env("DemonAttack-v4")
+    env = make_env(Args(env_id="DemonAttack-v4", terminal_on_life_loss=True))
     buffer = FrameReplayBuffer(300, STACK, (84, 84), torch.device("cpu"), np.random.default_rng(3))
     rng = np.random.default_rng(3)
     reference, ends = [], 0
