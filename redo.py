@@ -172,9 +172,9 @@ class _Tracer(TorchFunctionMode):
             for tensor in tracked:
                 for layer in self.layers_in(self.ids[id(tensor)][1]):
                     layer.residual = True
-            self.mark_opaque(result, tracked, "residual")
+            self.mark_opaque(result, tensors, "residual")
         elif n_opaque:
-            self.mark_opaque(result, tracked, f"goes through {name}")
+            self.mark_opaque(result, tensors, f"goes through {name}")
         elif name in _MOVES:
             self.move(func, name, args, kwargs, result, tracked)
         elif name in _SCALINGS and len(tracked) == 1 and all(t is tracked[0] or t.numel() == 1 for t in tensors):
@@ -315,8 +315,14 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
     """Runs one forward pass; returns the hidden layers (those read by another layer), in execution order."""
     tracer = _Tracer(model, activation)
     call = forward or model
-    with torch.no_grad(), tracer:
-        outputs = call(*x) if isinstance(x, tuple) else call(x)
+    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]  # e.g. batch norm's running statistics
+    try:
+        with torch.no_grad(), tracer:
+            outputs = call(*x) if isinstance(x, tuple) else call(x)
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     tracer.finish(outputs)
     hidden = [layer for layer in tracer.order if layer.readers]
     if not hidden:
@@ -349,7 +355,8 @@ def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation:
     over the batch (and, for a convolution, over all spatial positions of channel i). Output layers,
     read by no other layer, are not scored; nor are layers that only write into a residual stream
     (no activation of their own). The train/eval mode is left as it is: call ``model.eval()``
-    first if it has dropout or batch norm.
+    first if it has dropout or batch norm; buffers such as batch norm's running statistics are
+    restored after the pass.
 
     Args:
         model: the network. Each of its Linear/Conv2d layers runs at most once per forward pass.

@@ -362,6 +362,15 @@ class LayerNormed(nn.Module):
         return self.out(F.relu(self.norm(self.inp(x))))
 
 
+class BatchNormed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.out = nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        return self.out(F.relu(self.norm(self.conv(x))).flatten(1))
+
+
 class TanhNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -402,6 +411,7 @@ class GroupedReader(nn.Module):
 @pytest.mark.parametrize("make_model, x, culprit", [
     (TwiceUsed, torch.randn(32, 8), "'shared' runs more than once"),
     (LayerNormed, torch.randn(32, 8), "'inp' is followed by layer_norm"),
+    (BatchNormed, torch.randn(32, 2, 8, 8), "'conv' is followed by batch_norm"),
     (TanhNet, torch.randn(32, 8), "'inp' goes through tanh"),
     (Gated, torch.randn(32, 8), "'inp' goes through mul"),
     (ReturnsFeatures, torch.randn(32, 8), "'inp' is read by other layers and is also part of the model's output"),
@@ -420,6 +430,16 @@ def test_unsupported_architecture_raises_before_any_change(make_model, x, culpri
     with pytest.raises(ValueError, match=culprit):
         recycle_dormant(model, optimizer, x, tau=0.1)
     assert_bit_identical(before, snapshot(model, optimizer))
+
+
+def test_normalized_layers_are_scored_on_the_activation_after_the_norm():
+    torch.manual_seed(0)
+    model, x = LayerNormed(), torch.randn(64, 8)
+    with torch.no_grad():
+        per_neuron = F.relu(model.norm(model.inp(x))).abs().mean(dim=0)
+    scores = dormant_scores(model, x)
+    assert list(scores) == ["inp"]
+    torch.testing.assert_close(scores["inp"], per_neuron / (per_neuron.mean() + 1e-9))
 
 
 def test_negative_tau_rejected():

@@ -1,0 +1,417 @@
+"""redo.py on the networks people copy it into: CleanRL's and Stable-Baselines3's DQN, PPO and SAC networks.
+
+Every case is checked against an oracle that does not read redo.py's graph: which input columns (or
+channels) of a reader hold a neuron is found by bumping that neuron's output in the real forward pass
+and seeing which of the reader's inputs move. Then recycling at tau = 0 must keep the outputs, change
+exactly the recycled rows, biases and those columns, zero the optimizer's moments at exactly those
+entries, and touch nothing else.
+"""
+
+import math
+
+import ale_py
+import gymnasium as gym
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from redo import dormant_scores, recycle_dormant
+
+gym.register_envs(ale_py)
+
+# ---------------------------------------------------------------- networks in the shape of the real ones
+
+
+def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class CleanRLPPOAtariAgent(nn.Module):
+    """CleanRL ppo_atari.py: a Nature trunk in nn.Sequential, actor and critic heads, no forward()."""
+
+    def __init__(self, n_actions: int = 6):
+        super().__init__()
+        self.network = nn.Sequential(
+            layer_init(nn.Conv2d(4, 32, 8, stride=4)), nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
+            nn.Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU(),
+        )
+        self.actor = layer_init(nn.Linear(512, n_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1)
+
+    def get_value(self, x):
+        return self.critic(self.network(x / 255.0))
+
+    def get_action_and_value(self, x, action=None):
+        hidden = self.network(x / 255.0)
+        probs = torch.distributions.Categorical(logits=self.actor(hidden))
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+
+
+class CleanRLSACActor(nn.Module):
+    """CleanRL sac_continuous_action.py: fc1, fc2, then fc_mean and fc_logstd read fc2."""
+
+    def __init__(self, obs_dim: int = 11, act_dim: int = 3):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(obs_dim, 256), nn.Linear(256, 256)
+        self.fc_mean, self.fc_logstd = nn.Linear(256, act_dim), nn.Linear(256, act_dim)
+
+    def forward(self, x):
+        x = F.relu(self.fc2(F.relu(self.fc1(x))))
+        log_std = torch.tanh(self.fc_logstd(x))
+        return self.fc_mean(x), -5 + 0.5 * (2 - -5) * (log_std + 1)
+
+
+class CleanRLSoftQNetwork(nn.Module):
+    """CleanRL sac_continuous_action.py: state and action concatenated at the input."""
+
+    def __init__(self, obs_dim: int = 11, act_dim: int = 3):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(obs_dim + act_dim, 256), nn.Linear(256, 256), nn.Linear(256, 1)
+
+    def forward(self, x, a):
+        x = F.relu(self.fc1(torch.cat([x, a], 1)))
+        return self.fc3(F.relu(self.fc2(x)))
+
+
+class TwinCriticLateAction(nn.Module):
+    """Two independent critics in one module (as SB3's qf0/qf1); each concatenates the action *after* its first
+    hidden layer, in front of it, so the hidden neurons sit at column offset act_dim of the next layer."""
+
+    def __init__(self, obs_dim: int = 11, act_dim: int = 3):
+        super().__init__()
+        self.q1_fc1, self.q1_fc2, self.q1_out = nn.Linear(obs_dim, 64), nn.Linear(act_dim + 64, 64), nn.Linear(64, 1)
+        self.q2_fc1, self.q2_fc2, self.q2_out = nn.Linear(obs_dim, 64), nn.Linear(act_dim + 64, 64), nn.Linear(64, 1)
+
+    def forward(self, obs, act):
+        q1 = self.q1_out(F.relu(self.q1_fc2(torch.cat([act, F.relu(self.q1_fc1(obs))], dim=1))))
+        q2 = self.q2_out(F.relu(self.q2_fc2(torch.cat([act, F.relu(self.q2_fc1(obs))], dim=1))))
+        return q1, q2
+
+
+class PaddedPooledCNN(nn.Module):
+    """Channel-preserving operations between layers: zero padding, max and average pooling, dropout, and an
+    NHWC flatten (permute before flatten), with the ReLU in different places."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3)
+        self.fc1, self.out = nn.Linear(16 * 4 * 4, 32), nn.Linear(32, 4)
+        self.dropout = nn.Dropout(0.3)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.pad(F.relu(self.conv1(x)), (1, 2, 1, 2)), 2)
+        x = self.dropout(F.avg_pool2d(F.relu(self.conv2(x)), 2))
+        return self.out(F.relu(self.fc1(x.permute(0, 2, 3, 1).flatten(1))))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        inputs = x
+        x = self.conv1(F.relu(self.conv0(F.relu(x))))
+        return x + inputs
+
+
+class ConvSequence(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.res_block0, self.res_block1 = ResidualBlock(out_channels), ResidualBlock(out_channels)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1)
+        return self.res_block1(self.res_block0(x))
+
+
+class CleanRLImpalaAgent(nn.Module):
+    """CleanRL ppo_procgen.py's IMPALA CNN (narrower): ConvSequences of residual blocks, dense, heads."""
+
+    def __init__(self, n_actions: int = 15):
+        super().__init__()
+        self.network = nn.Sequential(ConvSequence(3, 8), ConvSequence(8, 16), nn.Flatten(), nn.ReLU(),
+                                     nn.Linear(16 * 4 * 4, 64), nn.ReLU())
+        self.actor, self.critic = nn.Linear(64, n_actions), nn.Linear(64, 1)
+
+    def get_action_and_value(self, x, action=None):
+        hidden = self.network(x.permute((0, 3, 1, 2)) / 255.0)
+        probs = torch.distributions.Categorical(logits=self.actor(hidden))
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+
+
+# ---------------------------------------------------------------- the oracle and the checks
+
+
+def modules_of(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(model.named_modules())
+
+
+def call(model, forward, x):
+    torch.manual_seed(123)  # the same samples in every call of a stochastic forward
+    fn = forward or model
+    with torch.no_grad():
+        return fn(*x) if isinstance(x, tuple) else fn(x)
+
+
+def outputs_of(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for item in value for t in outputs_of(item)] if isinstance(value, (tuple, list)) else []
+
+
+def oracle_columns(model, forward, x, layer_name: str, neuron: int, reader_name: str) -> torch.Tensor:
+    """The reader's input columns (Linear) or channels (Conv2d) that move when one neuron's output is bumped."""
+    modules = modules_of(model)
+    layer, reader = modules[layer_name], modules[reader_name]
+    seen = []
+    capture = reader.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+
+    def bump(module, args, output):
+        output = output.clone()
+        output.select(1 if isinstance(module, nn.Conv2d) else -1, neuron).add_(1e5)
+        return output
+
+    try:
+        call(model, forward, x)
+        handle = layer.register_forward_hook(bump)
+        call(model, forward, x)
+        handle.remove()
+    finally:
+        capture.remove()
+    changed = seen[0] != seen[1]
+    if isinstance(reader, nn.Conv2d):
+        return changed.movedim(1, 0).reshape(changed.shape[1], -1).any(dim=1)
+    return changed.reshape(-1, changed.shape[-1]).any(dim=0)
+
+
+def revive_all(model: nn.Module, forward, x, dormant: dict[str, list[int]]) -> None:
+    """Raises biases, layer by layer in execution order, until every neuron but the ``dormant`` ones is positive
+    somewhere on ``x``: then only those are dormant."""
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]:
+        seen = []
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(out.detach()))
+        call(model, forward, x)
+        handle.remove()
+        if not seen:
+            continue
+        out = seen[0]
+        peak = out.movedim(1, 0).flatten(1).amax(dim=1) if isinstance(module, nn.Conv2d) else out.flatten(0, -2).amax(0)
+        raise_by = (0.1 - peak).clamp(min=0)
+        raise_by[dormant.get(name, [])] = 0
+        with torch.no_grad():
+            module.bias.add_(raise_by)
+
+
+def force_dormant(model: nn.Module, dormant: dict[str, list[int]]) -> None:
+    """Zero incoming weights and bias: the activation is exactly 0 (for ReLU and tanh alike)."""
+    modules = modules_of(model)
+    with torch.no_grad():
+        for name, neurons in dormant.items():
+            modules[name].weight[neurons] = 0
+            modules[name].bias[neurons] = 0
+
+
+def train_a_little(model, forward, x, parameters, steps: int = 3) -> torch.optim.Optimizer:
+    optimizer = torch.optim.Adam(parameters, lr=1e-3)
+    for _ in range(steps):
+        torch.manual_seed(7)
+        fn = forward or model
+        out = fn(*x) if isinstance(x, tuple) else fn(x)
+        loss = sum(o.float().pow(2).mean() for o in outputs_of(out) if o.requires_grad)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return optimizer
+
+
+def check_exact_recycling(model, x, dormant: dict[str, list[int]], hidden: list[str], readers: dict[str, list[str]],
+                          forward=None, activation=F.relu, not_recyclable: tuple[str, ...] = ()):
+    """Scores exactly ``hidden``; recycling ``dormant`` at tau = 0 keeps the outputs and edits exactly the
+    expected entries of parameters and Adam moments."""
+    model.eval()
+    optimizer = train_a_little(model, forward, x, list(model.parameters()))
+    force_dormant(model, dormant)
+    revive_all(model, forward, x, dormant)
+    modules = modules_of(model)
+    # The expected edits, from the oracle: rows and biases of the recycled neurons, their columns in every reader.
+    rows = {name: torch.zeros_like(p, dtype=torch.bool) for name, p in model.named_parameters()}
+    columns = {name: torch.zeros_like(p, dtype=torch.bool) for name, p in model.named_parameters()}
+    for layer_name, neurons in dormant.items():
+        rows[f"{layer_name}.weight"][neurons] = True
+        rows[f"{layer_name}.bias"][neurons] = True
+        for reader_name in readers[layer_name]:
+            for neuron in neurons:
+                read = oracle_columns(model, forward, x, layer_name, neuron, reader_name)
+                assert read.any(), (layer_name, neuron, reader_name)
+                columns[f"{reader_name}.weight"][:, read] = True
+    params_before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    moments_before = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in model.named_parameters()}
+    outputs_before = outputs_of(call(model, forward, x))
+
+    scores = dormant_scores(model, x, activation=activation, forward=forward)
+    assert list(scores) == hidden
+    result = recycle_dormant(model, optimizer, x, tau=0.0, activation=activation, forward=forward)
+    assert list(result["not_recyclable"]) == list(not_recyclable)
+    for layer_name, neurons in dormant.items():
+        assert result["recycled"][layer_name] == len(neurons), layer_name
+
+    for before, after in zip(outputs_before, outputs_of(call(model, forward, x))):
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        edited, value = rows[name] | columns[name], p.detach()
+        assert torch.equal(value[~edited], params_before[name][~edited]), name  # nothing else touched
+        assert torch.count_nonzero(value[columns[name]]) == 0, name  # outgoing weights, even between two recycled
+        if name.endswith(".bias"):
+            assert torch.count_nonzero(value[rows[name]]) == 0, name
+        for key, state in optimizer.state[p].items():
+            if torch.is_tensor(state) and state.shape == p.shape:
+                assert torch.count_nonzero(state[edited]) == 0, (name, key)
+                assert torch.equal(state[~edited], moments_before[name][key][~edited]), (name, key)
+            else:
+                assert torch.equal(torch.as_tensor(state), torch.as_tensor(moments_before[name][key])), (name, key)
+    for layer_name, neurons in dormant.items():  # re-drawn, not left at zero
+        redrawn = modules[layer_name].weight.detach()[neurons] * ~columns[f"{layer_name}.weight"][neurons]
+        assert (redrawn.flatten(1).abs().sum(dim=1) > 0).all(), layer_name
+
+
+# ---------------------------------------------------------------- CleanRL
+
+
+def test_cleanrl_ppo_atari_agent_with_two_heads():
+    torch.manual_seed(0)
+    agent = CleanRLPPOAtariAgent()
+    x = torch.randint(0, 256, (16, 4, 84, 84)).float()
+    trunk = ["network.0", "network.2", "network.4", "network.7"]
+    check_exact_recycling(
+        agent, x, dormant={"network.0": [3], "network.2": [10, 11], "network.4": [0], "network.7": [5, 400]},
+        hidden=trunk, readers={"network.0": ["network.2"], "network.2": ["network.4"], "network.4": ["network.7"],
+                               "network.7": ["actor", "critic"]},
+        forward=agent.get_action_and_value)
+    assert list(dormant_scores(agent, x, forward=agent.get_value)) == trunk  # one head is enough to score
+
+
+def test_cleanrl_sac_actor_mean_and_logstd_heads():
+    torch.manual_seed(0)
+    actor = CleanRLSACActor()
+    check_exact_recycling(actor, torch.randn(64, 11), dormant={"fc1": [0, 17], "fc2": [255]}, hidden=["fc1", "fc2"],
+                          readers={"fc1": ["fc2"], "fc2": ["fc_mean", "fc_logstd"]})
+
+
+def test_cleanrl_soft_q_network_with_action_at_the_input():
+    torch.manual_seed(0)
+    critic = CleanRLSoftQNetwork()
+    check_exact_recycling(critic, (torch.randn(64, 11), torch.randn(64, 3)), dormant={"fc1": [2], "fc2": [9, 10]},
+                          hidden=["fc1", "fc2"], readers={"fc1": ["fc2"], "fc2": ["fc3"]})
+
+
+def test_twin_critics_with_hidden_features_concatenated_after_the_action():
+    torch.manual_seed(0)
+    critic = TwinCriticLateAction()
+    x = (torch.randn(64, 11), torch.randn(64, 3))
+    check_exact_recycling(critic, x, dormant={"q1_fc1": [0, 63], "q2_fc1": [5], "q2_fc2": [1]},
+                          hidden=["q1_fc1", "q1_fc2", "q2_fc1", "q2_fc2"],
+                          readers={"q1_fc1": ["q1_fc2"], "q2_fc1": ["q2_fc2"], "q2_fc2": ["q2_out"]})
+    # q1_fc1's neuron 0 is column 3 of q1_fc2 (after the 3 action columns), neuron 63 column 66.
+    assert oracle_columns(critic, None, x, "q1_fc1", 0, "q1_fc2").nonzero().flatten().tolist() == [3]
+
+
+def test_padding_pooling_dropout_and_an_nhwc_flatten():
+    torch.manual_seed(0)
+    net = PaddedPooledCNN()
+    check_exact_recycling(net, torch.randn(32, 3, 22, 22), dormant={"conv1": [1, 7], "conv2": [0, 15], "fc1": [3]},
+                          hidden=["conv1", "conv2", "fc1"],
+                          readers={"conv1": ["conv2"], "conv2": ["fc1"], "fc1": ["out"]})
+
+
+def test_impala_resnet_recycles_the_blocks_and_names_the_residual_stream():
+    """The residual stream's channels are written by each sequence's first conv and by every block's second
+    conv, and read through sums: no weights belong to one writer's channel, so those writers are named as
+    not recyclable. The blocks' first convs and the dense layer, each read by known layers, are recycled."""
+    torch.manual_seed(0)
+    agent = CleanRLImpalaAgent()
+    x = torch.randint(0, 256, (16, 16, 16, 3)).float()
+    recyclable = ["network.0.res_block0.conv0", "network.0.res_block1.conv0", "network.1.res_block0.conv0",
+                  "network.1.res_block1.conv0", "network.4"]
+    stream_writers_scored = ["network.0.conv", "network.1.conv"]  # activated (after the pool) before the first block
+    check_exact_recycling(
+        agent, x,
+        dormant={"network.0.res_block0.conv0": [2], "network.1.res_block1.conv0": [0, 15], "network.4": [7]},
+        hidden=["network.0.conv", "network.0.res_block0.conv0", "network.0.res_block1.conv0", "network.1.conv",
+                "network.1.res_block0.conv0", "network.1.res_block1.conv0", "network.4"],
+        readers={"network.0.res_block0.conv0": ["network.0.res_block0.conv1"],
+                 "network.1.res_block1.conv0": ["network.1.res_block1.conv1"], "network.4": ["actor", "critic"]},
+        forward=agent.get_action_and_value,
+        not_recyclable=("network.0.conv", "network.0.res_block0.conv1", "network.0.res_block1.conv1",
+                        "network.1.conv", "network.1.res_block0.conv1", "network.1.res_block1.conv1"))
+    result = recycle_dormant(agent, None, x, tau=0.5, forward=agent.get_action_and_value)
+    assert set(result["recycled"]) == set(recyclable)
+    assert not set(result["recycled"]) & set(stream_writers_scored)
+
+
+# ---------------------------------------------------------------- Stable-Baselines3's real policies
+
+
+def test_sb3_dqn_q_net():
+    from stable_baselines3 import DQN
+
+    model = DQN("MlpPolicy", "CartPole-v1", policy_kwargs={"net_arch": [64, 64]}, device="cpu", seed=0)
+    obs = torch.randn(64, 4)
+    check_exact_recycling(model.q_net, obs, dormant={"q_net.0": [1, 2], "q_net.2": [63]}, hidden=["q_net.0", "q_net.2"],
+                          readers={"q_net.0": ["q_net.2"], "q_net.2": ["q_net.4"]})
+
+
+def test_sb3_sac_actor_and_twin_critic():
+    from stable_baselines3 import SAC
+
+    model = SAC("MlpPolicy", "Pendulum-v1", policy_kwargs={"net_arch": [32, 32]}, device="cpu", seed=0)
+    obs, act = torch.randn(64, 3), torch.rand(64, 1) * 2 - 1
+    check_exact_recycling(model.actor, obs, dormant={"latent_pi.0": [0], "latent_pi.2": [4, 31]},
+                          hidden=["latent_pi.0", "latent_pi.2"],
+                          readers={"latent_pi.0": ["latent_pi.2"], "latent_pi.2": ["mu", "log_std"]})
+    check_exact_recycling(model.critic, (obs, act), dormant={"qf0.0": [3], "qf1.2": [0, 1]},
+                          hidden=["qf0.0", "qf0.2", "qf1.0", "qf1.2"],
+                          readers={"qf0.0": ["qf0.2"], "qf1.2": ["qf1.4"]})
+
+
+def test_sb3_ppo_policy_with_tanh_and_separate_actor_critic_trunks():
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", "CartPole-v1", device="cpu", seed=0)  # Tanh, pi and vf trunks of 64, 64
+    obs = torch.randn(64, 4)
+    check_exact_recycling(
+        model.policy, obs, activation=torch.tanh,
+        dormant={"mlp_extractor.policy_net.0": [0, 1], "mlp_extractor.value_net.2": [10]},
+        hidden=["mlp_extractor.policy_net.0", "mlp_extractor.policy_net.2", "mlp_extractor.value_net.0",
+                "mlp_extractor.value_net.2"],
+        readers={"mlp_extractor.policy_net.0": ["mlp_extractor.policy_net.2"],
+                 "mlp_extractor.value_net.2": ["value_net"]})
+    with pytest.raises(ValueError, match="goes through tanh"):  # with ReLU, the default, the tanh is named
+        dormant_scores(model.policy, obs)
+
+
+def test_sb3_nature_cnn_features_extractor():
+    from stable_baselines3 import DQN
+
+    env = gym.make("ALE/Pong-v5", obs_type="grayscale")
+    env = gym.wrappers.FrameStackObservation(gym.wrappers.ResizeObservation(env, (84, 84)), 4)
+    model = DQN("CnnPolicy", env, buffer_size=100, device="cpu", seed=0)
+    obs = torch.randint(0, 256, (8, 4, 84, 84)).float()
+    q_net = model.q_net
+    names = ["features_extractor.cnn.0", "features_extractor.cnn.2", "features_extractor.cnn.4",
+             "features_extractor.linear.0"]
+    check_exact_recycling(q_net, obs, dormant={names[2]: [5], names[3]: [0]}, hidden=names,
+                          readers={names[2]: [names[3]], names[3]: ["q_net.0"]})
+    env.close()
