@@ -48,6 +48,7 @@ DORMANT_TAUS = (0.0, 0.025, 0.1)
 
 @dataclass
 class Args:
+    # Experiment
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run folder's name)"""
     seed: int = 1
@@ -56,28 +57,32 @@ class Args:
     """sets `torch.backends.cudnn.deterministic`"""
     cuda: bool = True
     """use the GPU when there is one (otherwise the CPU)"""
-    compile: bool = True
-    """compile the TD loss and its backward with torch.compile; falls back to eager if compiling fails"""
-    channels_last: bool = True
-    """keep conv weights and activations in channels_last memory format (faster convolutions)"""
-    fused_adam: bool = True
-    """use torch's fused Adam: the same update rule, one kernel for all parameters"""
-    torch_threads: int = 0
-    """CPU threads for torch (0: torch's default); use 1 per process when running several at once"""
+    log_interval: int = 100
+    """gradient steps between logs of the losses and SPS"""
+    save_model: bool = False
+    """save the Q-network and args to runs/<run>/<exp-name>.pt at the end, then evaluate it"""
+    eval_episodes: int = 10
+    """full-game episodes of the evaluation after --save-model"""
+    eval_epsilon: float = 0.001
+    """epsilon of the evaluation"""
+
+    # Environment (the paper's protocol by default; see the README for CleanRL's)
     env_id: str = "DemonAttack-v4"
-    """Atari id (`DemonAttack-v4`, `DemonAttackNoFrameskip-v4`, `ALE/DemonAttack-v5`: the same game here, since the flags below set frame skip, stickiness and the episode cap for every id)"""
-    network: Literal["dopamine", "nature"] = "dopamine"
-    """`dopamine`: the paper's network (Dopamine's Flax Nature CNN: SAME padding, 7,744 inputs to fc1, Xavier-uniform weights, zero biases); `nature`: the Nature/CleanRL network (VALID padding, 3,136 inputs, PyTorch's default init)"""
+    """Atari id; `DemonAttack-v4`, `DemonAttackNoFrameskip-v4` and `ALE/DemonAttack-v5` are the same game here"""
     sticky_actions: float = 0.25
-    """probability that the emulator repeats the previous action at each frame (Machado et al. 2018; 0: none)"""
+    """probability that the emulator repeats the previous action at each frame (0: none)"""
     terminal_on_life_loss: bool = False
-    """end the learning episode (no bootstrap) when a life is lost; the game itself goes on (CleanRL)"""
+    """end the learning episode (no bootstrap) when a life is lost; the game goes on (CleanRL)"""
     noop_max: int = 0
-    """up to this many no-op actions at each reset (CleanRL: 30; the paper: 0)"""
+    """up to this many no-op actions at each reset (CleanRL: 30)"""
     fire_reset: bool = False
     """press FIRE after each reset in games that need it (CleanRL)"""
     max_episode_steps: int = 27_000
-    """agent steps after which an episode is truncated (bootstrapped): 27,000 is 108,000 frames, 30 minutes of play"""
+    """agent steps after which an episode is truncated (bootstrapped); 27,000 is 108,000 frames"""
+
+    # Algorithm (Dopamine's DQN)
+    network: Literal["dopamine", "nature"] = "dopamine"
+    """dopamine: the paper's (SAME padding, Xavier weights, zero biases); nature: CleanRL's (VALID, PyTorch init)"""
     total_timesteps: int = 2_500_000
     """agent steps to train for (4 frames each: 2.5M steps are the paper's 10M frames)"""
     learning_rate: float = 6.25e-5
@@ -99,11 +104,13 @@ class Args:
     epsilon_decay_steps: int = 250_000
     """agent steps over which epsilon decays linearly from start-e to end-e"""
     epsilon_after_warmup: bool = True
-    """hold epsilon at start-e through the warm-up and decay it afterwards (Dopamine); off: decay from step 0 (CleanRL)"""
+    """hold epsilon at start-e through the warm-up, then decay it (Dopamine); off: decay from step 0 (CleanRL)"""
     learning_starts: int = 20_000
-    """agent steps of warm-up (random actions from epsilon, no training)"""
+    """agent steps of warm-up (no training)"""
     replay_ratio: float = 0.25
     """gradient steps per agent step after warm-up: 0.25 is one every 4 steps, 2 is two per step"""
+
+    # ReDo
     enable_redo: bool = False
     """recycle dormant neurons (dormant fractions are logged either way)"""
     redo_tau: float = 0.1
@@ -112,25 +119,29 @@ class Args:
     """gradient steps between dormant-neuron checks (logging, and recycling with --enable-redo)"""
     redo_batch_size: int = 256
     """states sampled uniformly from the replay to score neurons (the authors' code: 256; the paper's text: 64)"""
-    log_interval: int = 100
-    """gradient steps between logs of the losses and SPS"""
-    save_model: bool = False
-    """save the Q-network and args into the run folder, then evaluate it"""
-    eval_episodes: int = 10
-    """full-game episodes of the evaluation after --save-model"""
-    eval_epsilon: float = 0.001
-    """epsilon of the evaluation"""
+
+    # Speed (results do not depend on these beyond float rounding)
+    compile: bool = True
+    """compile the TD loss and its backward with torch.compile; falls back to eager if compiling fails"""
+    channels_last: bool = True
+    """keep conv weights and activations in channels_last memory format (faster convolutions)"""
+    fused_adam: bool = True
+    """use torch's fused Adam: the same update rule, one kernel for all parameters"""
+    torch_threads: int = 0
+    """CPU threads for torch (0: torch's default); use 1 per process when running several at once"""
+
+    # Checkpoints
     checkpoint_interval: int = 100_000
-    """agent steps between checkpoints (runs/<run>/checkpoint.pt), plus one at the end so the run can be extended; 0: only on Ctrl-C/SIGTERM"""
+    """agent steps between checkpoints (runs/<run>/checkpoint.pt), and one at the end; 0: only on Ctrl-C/SIGTERM"""
     checkpoint_buffer: bool = False
-    """also save the replay buffer in checkpoints (about 7.1 KB per transition: 7 GB at 1M); then a resumed run is identical to an uninterrupted one"""
+    """also save the replay (7.1 KB per transition): then a resumed run is identical to an uninterrupted one"""
     resume: str | None = None
-    """a run folder or checkpoint file to continue; its saved arguments are the defaults, and only --total-timesteps, logging, checkpointing, evaluation and speed options may change"""
+    """a run folder or checkpoint to continue; its arguments are the defaults, and only some may change (README)"""
 
 
 CHANGEABLE_ON_RESUME = {"total_timesteps", "log_interval", "checkpoint_interval", "checkpoint_buffer", "save_model",
-                        "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "fused_adam", "torch_threads",
-                        "resume", "exp_name"}
+                        "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "fused_adam",
+                        "torch_threads", "resume", "exp_name"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,7 +198,8 @@ class FrameReplayBuffer:
     SLOT_BYTES = 84 * 84 + 4 + 4 + 1 + 1 + 1  # frame, action, reward, terminated, has_transition, offset
     _ARRAYS = ("frames", "actions", "rewards", "terminated", "has_transition", "offset")
 
-    def __init__(self, capacity: int, stack: int, frame_shape: tuple[int, int], device: torch.device, rng: np.random.Generator):
+    def __init__(self, capacity: int, stack: int, frame_shape: tuple[int, int], device: torch.device,
+                 rng: np.random.Generator):
         self.capacity, self.stack, self.device, self.rng = capacity, stack, device, rng
         self.frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
         self.actions = np.zeros(capacity, dtype=np.int32)
@@ -196,7 +208,7 @@ class FrameReplayBuffer:
         self.has_transition = np.zeros(capacity, dtype=np.bool_)
         self.offset = np.zeros(capacity, dtype=np.uint8)
         for name in self._ARRAYS:
-            getattr(self, name).fill(0)  # touch every page now: a buffer too big for the machine fails here, not hours later
+            getattr(self, name).fill(0)  # touch every page now: a buffer too big fails here, not hours later
         self.head = 0  # next slot to write
         self.slots_written = 0
         self.current = 0  # slot of the newest frame, whose transition is not complete yet
@@ -215,7 +227,8 @@ class FrameReplayBuffer:
         self.slots_written += 1
         return slot
 
-    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool, truncated: bool) -> None:
+    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool,
+            truncated: bool) -> None:
         """Stores one transition; ``obs`` and ``next_obs`` are (stack, 84, 84) uint8 stacks."""
         if not self.episode_open:
             # After a reset the stack repeats its frame: one slot. Otherwise (the buffer starts in the
@@ -285,7 +298,7 @@ class FrameReplayBuffer:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Network and helpers
+# Network and update
 
 
 class QNetwork(nn.Module):
@@ -355,7 +368,8 @@ def make_train_step(q_network: nn.Module, target_network: nn.Module, optimizer: 
             if not compiling:
                 raise
             reason = (str(error).strip().splitlines() or [""])[0][:200]
-            print(f"warning: torch.compile failed ({type(error).__name__}: {reason}); training eagerly", file=sys.stderr)
+            print(f"warning: torch.compile failed ({type(error).__name__}: {reason}); training eagerly",
+                  file=sys.stderr)
             loss_fn = td_loss
             loss, q_mean = loss_fn(batch)
         compiling = False
@@ -383,6 +397,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                 param_state[key] = torch.empty_like(param).copy_(value)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Acting, the replay-ratio schedule, the dormant-neuron check
+
+
 def epsilon_at(args: Args, step: int) -> float:
     """Exploration epsilon at an agent step: linear from start-e to end-e over --epsilon-decay-steps, starting
     after the warm-up (Dopamine's ``linearly_decaying_epsilon``) or at step 0."""
@@ -391,9 +409,85 @@ def epsilon_at(args: Args, step: int) -> float:
     return args.start_e + (args.end_e - args.start_e) * progress
 
 
+def act(q_network: QNetwork, obs: np.ndarray, epsilon: float, rng: np.random.Generator, device: torch.device) -> int:
+    """Epsilon-greedy: a uniform random action with probability ``epsilon``, else the Q-network's argmax."""
+    if rng.random() < epsilon:
+        return int(rng.integers(q_network.q.out_features))
+    with torch.no_grad():
+        return int(q_network(torch.as_tensor(obs, device=device)[None]).argmax(dim=1).item())
+
+
 def gradient_steps_due(training_steps: int, replay_ratio: Fraction) -> int:
     """Gradient steps owed after ``training_steps`` agent steps past warm-up: exactly floor(steps * ratio)."""
     return training_steps * replay_ratio.numerator // replay_ratio.denominator
+
+
+def check_dormant(q_network: QNetwork, optimizer: torch.optim.Optimizer, rb: FrameReplayBuffer, args: Args, writer,
+                  step: int, recycle: bool) -> float:
+    """Scores the Q-network's neurons on a uniform replay sample and logs the dormant fractions at every tau; with
+    ``recycle``, recycles the --redo-tau-dormant neurons, and the fractions logged are those just before. Returns
+    the total fraction at --redo-tau."""
+    states = rb.sample(args.redo_batch_size).obs
+    if recycle:
+        result = recycle_dormant(q_network, optimizer, states, tau=args.redo_tau,
+                                 init_fn=QNetwork.weight_init(args.network))
+        scores = result["scores"]
+        for name, count in result["recycled"].items():
+            writer.add_scalar(f"redo/recycled/{name}", count, step)
+        writer.add_scalar("redo/recycled/total", sum(result["recycled"].values()), step)
+    else:
+        scores = dormant_scores(q_network, states)
+    for tau in sorted({*DORMANT_TAUS, args.redo_tau}):
+        for name, fraction in dormant_fractions(scores, tau).items():
+            writer.add_scalar(f"dormant/tau={tau:g}/{name}", fraction, step)
+    return dormant_fractions(scores, args.redo_tau)["total"]
+
+
+def evaluate(q_network: QNetwork, args: Args, device: torch.device) -> list[float]:
+    """Full-game returns (unclipped, no life-loss terminals) of the epsilon-greedy policy at --eval-epsilon."""
+    env = make_env(args, evaluation=True)
+    rng = np.random.default_rng(args.seed + 1)
+    returns = []
+    obs, _ = env.reset(seed=args.seed + 1)
+    while len(returns) < args.eval_episodes:
+        obs, _, terminated, truncated, info = env.step(act(q_network, obs, args.eval_epsilon, rng, device))
+        if terminated or truncated:
+            returns.append(float(info["episode"]["r"]))
+            obs, _ = env.reset()
+    env.close()
+    return returns
+
+
+# ---------------------------------------------------------------------------------------------------
+# Arguments and resume
+
+
+def parse_command_line() -> tuple[Args, dict | None]:
+    """The arguments and, with --resume, the checkpoint, read once: the run's saved arguments are the defaults,
+    and only what is given again on the command line changes."""
+    args = tyro.cli(Args)
+    if args.resume is None:
+        return args, None
+    checkpoint, error = load_checkpoint(args.resume)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    saved = {key: value for key, value in checkpoint["args"].items() if key in Args.__dataclass_fields__}
+    return tyro.cli(Args, default=Args(**{**saved, "resume": args.resume})), checkpoint
+
+
+def checked_arguments(args: Args, checkpoint: dict | None) -> dict | None:
+    """The checkpoint to resume from (read here if the caller has not), once the arguments are checked, alone and
+    against it. Anything wrong: a one-line error and exit 2, before anything is created."""
+    error = argument_error(args)
+    if error is None and args.resume is not None and checkpoint is None:
+        checkpoint, error = load_checkpoint(args.resume)
+    if error is None and checkpoint is not None:
+        error = resume_mismatch(args, checkpoint)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return checkpoint
 
 
 def atari_env_ids() -> list[str]:
@@ -417,8 +511,8 @@ def argument_error(args: Args) -> str | None:
         return f"--torch-threads must be >= 0, got {args.torch_threads}"
     if args.checkpoint_interval < 0:
         return f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}"
-    positive = ["total_timesteps", "max_episode_steps", "buffer_size", "batch_size", "target_network_frequency", "epsilon_decay_steps",
-                "redo_interval", "redo_batch_size", "log_interval", "eval_episodes"]
+    positive = ["total_timesteps", "max_episode_steps", "buffer_size", "batch_size", "target_network_frequency",
+                "epsilon_decay_steps", "redo_interval", "redo_batch_size", "log_interval", "eval_episodes"]
     for name in positive:
         if getattr(args, name) <= 0:
             return f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
@@ -435,7 +529,7 @@ def argument_error(args: Args) -> str | None:
     if args.noop_max < 0:
         return f"--noop-max must be >= 0, got {args.noop_max}"
     if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name or args.exp_name in (".", ".."):
-        return f"--exp-name '{args.exp_name}' must be a plain name (no path separator): the run folder is runs/<env>__<exp-name>__..."
+        return f"--exp-name '{args.exp_name}' must be a plain name, without a path separator (runs go in runs/)"
     if not (0 <= args.end_e <= 1 and 0 <= args.start_e <= 1 and 0 <= args.eval_epsilon <= 1):
         return "--start-e, --end-e and --eval-epsilon must be in [0, 1]"
     warm_up_needed = max(args.batch_size, args.redo_batch_size)
@@ -443,8 +537,9 @@ def argument_error(args: Args) -> str | None:
         return (f"--learning-starts ({args.learning_starts}) is shorter than a batch ({warm_up_needed} transitions: "
                 "--batch-size and --redo-batch-size); raise it")
     if args.resume is None and args.total_timesteps <= args.learning_starts:
-        return (f"--total-timesteps ({args.total_timesteps:,}) is not past --learning-starts ({args.learning_starts:,}): "
-                "the run would never train; raise --total-timesteps or lower --learning-starts")
+        return (f"--total-timesteps ({args.total_timesteps:,}) is not past --learning-starts "
+                f"({args.learning_starts:,}): the run would never train; raise --total-timesteps or lower "
+                "--learning-starts")
     if args.buffer_size < warm_up_needed:
         return f"--buffer-size ({args.buffer_size}) is smaller than a batch ({warm_up_needed}); raise it"
     ids = atari_env_ids()
@@ -459,40 +554,17 @@ def argument_error(args: Args) -> str | None:
     return None
 
 
-def log_dormant_fractions(writer, scores: dict[str, torch.Tensor], step: int, taus: list[float]) -> dict[float, float]:
-    """Logs the dormant fractions per layer and in total at each tau; returns the totals by tau."""
-    totals = {}
-    for tau in taus:
-        fractions = dormant_fractions(scores, tau)
-        for name, fraction in fractions.items():
-            writer.add_scalar(f"dormant/tau={tau:g}/{name}", fraction, step)
-        totals[tau] = fractions["total"]
-    return totals
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def evaluate(q_network: nn.Module, args: Args, device: torch.device) -> list[float]:
-    """Full-game returns (unclipped, no life-loss terminals) of an epsilon-greedy policy."""
-    env = make_env(args, evaluation=True)
-    rng = np.random.default_rng(args.seed + 1)
-    returns = []
-    obs, _ = env.reset(seed=args.seed + 1)
-    while len(returns) < args.eval_episodes:
-        if rng.random() < args.eval_epsilon:
-            action = int(rng.integers(env.action_space.n))
-        else:
-            with torch.no_grad():
-                action = int(q_network(torch.as_tensor(obs, device=device)[None]).argmax(dim=1).item())
-        obs, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            returns.append(float(info["episode"]["r"]))
-            obs, _ = env.reset()
-    env.close()
-    return returns
+def resume_mismatch(args: Args, checkpoint: dict) -> str | None:
+    for key, value in checkpoint["args"].items():
+        if key not in CHANGEABLE_ON_RESUME and getattr(args, key) != value:
+            flag = f"--{key.replace('_', '-')}"
+            return (f"cannot resume with {flag} {getattr(args, key)}: the run was made with {flag} {value} "
+                    "(only --total-timesteps, logging, checkpointing, evaluation and speed options may change)")
+    if args.total_timesteps <= checkpoint["global_step"]:
+        return (f"--total-timesteps {args.total_timesteps:,} is not past the checkpoint's step "
+                f"{checkpoint['global_step']:,}: the run is done up to there; pass a larger --total-timesteps to "
+                "extend it")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -590,7 +662,8 @@ def save_checkpoint(checkpoint: dict, run_dir: str) -> bool:
     try:
         free = shutil.disk_usage(run_dir).free
         if needed > free:
-            raise OSError(f"the replay buffer needs {needed / 2**30:.1f} GiB and the disk has {free / 2**30:.1f} GiB free")
+            raise OSError(f"the replay buffer needs {needed / 2**30:.1f} GiB and the disk has {free / 2**30:.1f} GiB "
+                          "free")
         with open(tmp_path, "wb") as file:
             torch.save(checkpoint, file)
             file.flush()
@@ -647,16 +720,181 @@ def load_checkpoint(path: str) -> tuple[dict | None, str | None]:
     return checkpoint, None
 
 
-def resume_mismatch(args: Args, checkpoint: dict) -> str | None:
-    for key, value in checkpoint["args"].items():
-        if key not in CHANGEABLE_ON_RESUME and getattr(args, key) != value:
-            flag = f"--{key.replace('_', '-')}"
-            return (f"cannot resume with {flag} {getattr(args, key)}: the run was made with {flag} {value} "
-                    "(only --total-timesteps, logging, checkpointing, evaluation and speed options may change)")
-    if args.total_timesteps <= checkpoint["global_step"]:
-        return (f"--total-timesteps {args.total_timesteps:,} is not past the checkpoint's step "
-                f"{checkpoint['global_step']:,}: the run is done up to there; pass a larger --total-timesteps to extend it")
-    return None
+def save_run(args: Args, counters: Counters, progress: Progress, q_network: QNetwork, target_network: QNetwork,
+             optimizer: torch.optim.Optimizer, env, rng: np.random.Generator, device: torch.device,
+             rb: FrameReplayBuffer, run_dir: str, next_step: int, obs: np.ndarray) -> bool:
+    """Saves everything the run needs to continue exactly from ``next_step`` (see :func:`restore_run`)."""
+    return save_checkpoint({
+        "args": dataclasses.asdict(args), "run_dir": run_dir, "global_step": next_step,
+        "counters": {**dataclasses.asdict(counters), "last_return": progress.last_return,
+                     "last_dormant": progress.last_dormant},
+        "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
+        "optimizer": optimizer.state_dict(), "env": env_state(env), "obs": torch.from_numpy(obs.copy()),
+        "rng": rng_state(rng, device), "buffer": rb.state_dict() if args.checkpoint_buffer else None,
+    }, run_dir)
+
+
+def restore_run(checkpoint: dict, args: Args, counters: Counters, progress: Progress, q_network: QNetwork,
+                target_network: QNetwork, optimizer: torch.optim.Optimizer, env, rng: np.random.Generator,
+                device: torch.device, rb: FrameReplayBuffer) -> np.ndarray:
+    """Puts the run back as :func:`save_run` saved it; returns the observation to act on."""
+    q_network.load_state_dict(checkpoint["q_network"])
+    target_network.load_state_dict(checkpoint["target_network"])
+    load_optimizer_state(optimizer, checkpoint["optimizer"])
+    restore_env_state(env, checkpoint["env"])
+    saved = checkpoint["counters"]
+    for field in dataclasses.fields(Counters):
+        setattr(counters, field.name, saved[field.name])
+    progress.last_return, progress.last_dormant = saved["last_return"], saved["last_dormant"]
+    restore_rng_state(checkpoint["rng"], rng, device)
+    if checkpoint["buffer"] is not None:
+        rb.load_state_dict(checkpoint["buffer"])
+    else:  # refill the replay before training again; the schedules continue where they were
+        counters.warmup_left = args.learning_starts
+        print(f"the checkpoint has no replay buffer: refilling {args.learning_starts:,} steps before training")
+    obs = checkpoint["obs"].numpy().copy()
+    checkpoint.clear()  # frees the loaded copy of the replay, for the caller's reference too
+    return obs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run guards: counters, signals, divergence, progress
+
+
+@dataclass
+class Counters:
+    gradient_steps: int = 0
+    training_steps: int = 0  # agent steps past the warm-up
+    warmup_left: int = 0  # agent steps of warm-up still to play (again after a resume without saved replay)
+    episode_steps: int = 0
+
+
+class StopSignal:
+    """SIGINT/SIGTERM: the run finishes its step, saves a checkpoint and exits; the same signal again exits at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"\n{name} again: exiting now, without a checkpoint", file=sys.stderr)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"\n{name}: finishing this step and saving a checkpoint (send it again to exit at once)", file=sys.stderr)
+
+
+class Diverged(Exception):
+    pass
+
+
+class DivergenceWatch:
+    """The first gradient step whose loss or mean Q was not finite, kept on the device: no sync per step."""
+
+    def __init__(self, gradient_steps: int, device: torch.device):
+        self.step = torch.tensor(gradient_steps, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def watch(self, loss: torch.Tensor, q_mean: torch.Tensor) -> None:
+        self.step += 1
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss + q_mean), self.step, self.first_bad)
+
+    def check(self, global_step: int) -> None:
+        """Raises Diverged (a sync point: call it where the run reads values anyway)."""
+        bad = int(self.first_bad.item())
+        if bad >= 0:
+            raise Diverged(f"the TD loss or Q-values became NaN or infinite at gradient step {bad:,} "
+                           f"(detected at agent step {global_step:,})")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """The progress line (every 2 s on a terminal, every minute in a log) and the SPS; speed and ETA count
+    training steps only, once the fast warm-up is over."""
+
+    def __init__(self, args: Args, start_step: int):
+        self.args, self.start_step, self.start_time = args, start_step, time.time()
+        self.last_time, self.last_step = self.start_time, start_step
+        self.last_return, self.last_dormant = math.nan, math.nan
+
+    def sps(self, global_step: int) -> int:
+        return int((global_step - self.start_step) / (time.time() - self.start_time))
+
+    def restart_clock(self, step: int) -> None:
+        self.last_time, self.last_step = time.time(), step
+
+    def update(self, global_step: int, epsilon: float, warming_up: bool) -> None:
+        tty, last = sys.stderr.isatty(), global_step == self.args.total_timesteps - 1
+        if time.time() - self.last_time <= (2 if tty else 60) and not last:
+            return
+        # Speed over the last print interval: the fast warm-up would make an average too optimistic.
+        now = time.time()
+        sps = (global_step + 1 - self.last_step) / max(now - self.last_time, 1e-6)
+        self.restart_clock(global_step + 1)
+        steps_left = self.args.total_timesteps - global_step - 1
+        eta = "warming up" if warming_up else f"ETA {format_duration(steps_left / sps if steps_left else 0)}"
+        line = (f"step {global_step + 1:,}/{self.args.total_timesteps:,} | {sps:.0f} SPS | eps {epsilon:.3f} | "
+                f"return {self.last_return:.0f} | dormant(tau={self.args.redo_tau:g}) "
+                f"{100 * self.last_dormant:.1f}% | {eta}")
+        print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run folder, logging, the saved model
+
+
+def new_run_dir(args: Args) -> str:
+    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    while os.path.exists(f"runs/{run_name}"):  # two runs started in the same second
+        run_name += "_"
+    return f"runs/{run_name}"
+
+
+def print_setup(args: Args, run_dir: str, start_step: int, device: torch.device, resuming: bool) -> None:
+    print(f"{'resuming' if resuming else 'run'} {run_dir} at step {start_step:,} on {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(f"network {args.network}; {args.env_id}: sticky actions {args.sticky_actions:g}, "
+          f"{'life loss terminal' if args.terminal_on_life_loss else 'full-game episodes'}, no-op reset "
+          f"{args.noop_max}, FIRE reset {'on' if args.fire_reset else 'off'}, cap {args.max_episode_steps:,} steps; "
+          f"epsilon {args.start_e:g} -> {args.end_e:g} over {args.epsilon_decay_steps:,} steps "
+          f"{'after the warm-up' if args.epsilon_after_warmup else 'from step 0'}")
+    print(f"allocating the replay buffer: {args.buffer_size:,} transitions, "
+          f"{FrameReplayBuffer.bytes_needed(args.buffer_size) / 2**30:.2f} GiB")
+
+
+def log_episode(writer, info: dict, counters: Counters, epsilon: float, step: int) -> float:
+    """Logs a finished game (not a lost life); returns its score."""
+    episodic_return = float(info["episode"]["r"])
+    writer.add_scalar("charts/episodic_return", episodic_return, step)
+    writer.add_scalar("charts/episodic_length", counters.episode_steps, step)  # agent steps
+    writer.add_scalar("charts/epsilon", epsilon, step)
+    counters.episode_steps = 0
+    return episodic_return
+
+
+def log_losses(writer, loss: torch.Tensor, q_mean: torch.Tensor, counters: Counters, sps: int, step: int) -> None:
+    writer.add_scalar("losses/td_loss", loss.item(), step)
+    writer.add_scalar("losses/q_values", q_mean.item(), step)
+    writer.add_scalar("charts/SPS", sps, step)
+    writer.add_scalar("charts/gradient_steps", counters.gradient_steps, step)
+
+
+def save_and_evaluate(q_network: QNetwork, args: Args, run_dir: str, writer, device: torch.device) -> None:
+    model_path = f"{run_dir}/{args.exp_name}.pt"
+    torch.save({"model": q_network.state_dict(), "args": dataclasses.asdict(args)}, model_path)  # weights-only
+    print(f"model saved to {model_path}")
+    returns = evaluate(q_network, args, device)
+    for episode, episodic_return in enumerate(returns):
+        writer.add_scalar("eval/episodic_return", episodic_return, episode)
+    print(f"evaluation over {len(returns)} episodes: mean return {np.mean(returns):.1f}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -664,34 +902,18 @@ def resume_mismatch(args: Args, checkpoint: dict) -> str | None:
 
 
 def main(args: Args, checkpoint: dict | None = None) -> None:
-    """Trains. ``checkpoint``: the one ``args.resume`` names, if the caller has read it already."""
-    error = argument_error(args)
-    if error is None and args.resume is not None and checkpoint is None:
-        checkpoint, error = load_checkpoint(args.resume)
-    if error is None and checkpoint is not None:
-        error = resume_mismatch(args, checkpoint)
-    if error is not None:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
+    """Trains. ``checkpoint``: the one --resume names, if the caller has read it already."""
+    checkpoint = checked_arguments(args, checkpoint)  # or a one-line error and exit 2, before anything is made
     from torch.utils.tensorboard import SummaryWriter
 
-    if checkpoint is None:
-        run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        while os.path.exists(f"runs/{run_name}"):  # two runs started in the same second
-            run_name += "_"
-        run_dir = f"runs/{run_name}"
-    else:
-        run_dir = checkpoint["run_dir"]
+    run_dir = checkpoint["run_dir"] if checkpoint else new_run_dir(args)
     start_step = checkpoint["global_step"] if checkpoint else 0
     # purge_step drops what an interrupted run logged after its checkpoint: curves continue without duplicates.
     writer = SummaryWriter(run_dir, purge_step=start_step if checkpoint else None)
-    writer.add_text(
-        "hyperparameters" if checkpoint is None else f"resumed at step {start_step}",
-        "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
-        start_step,
-    )
+    writer.add_text("hyperparameters" if checkpoint is None else f"resumed at step {start_step}",
+                    "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()), start_step)
 
+    # TRY NOT TO MODIFY: seeding
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
     random.seed(args.seed)
@@ -700,196 +922,88 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
     torch.backends.cudnn.deterministic = args.torch_deterministic
     rng = np.random.default_rng(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"{'resuming' if checkpoint else 'run'} {run_dir} at step {start_step:,} on {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"network {args.network}; {args.env_id}: sticky actions {args.sticky_actions:g}, "
-          f"{'life loss terminal' if args.terminal_on_life_loss else 'full-game episodes'}, no-op reset "
-          f"{args.noop_max}, FIRE reset {'on' if args.fire_reset else 'off'}, cap {args.max_episode_steps:,} steps; "
-          f"epsilon {args.start_e:g} -> {args.end_e:g} over {args.epsilon_decay_steps:,} steps "
-          f"{'after the warm-up' if args.epsilon_after_warmup else 'from step 0'}")
+    print_setup(args, run_dir, start_step, device, resuming=checkpoint is not None)
+
     env = make_env(args)
-    n_actions = env.action_space.n
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    q_network = QNetwork(n_actions, args.network).to(device, memory_format=memory_format)
+    q_network = QNetwork(env.action_space.n, args.network).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps,
                                  fused=args.fused_adam)
-    target_network = QNetwork(n_actions, args.network).to(device, memory_format=memory_format)
+    target_network = QNetwork(env.action_space.n, args.network).to(device, memory_format=memory_format)
     target_network.load_state_dict(q_network.state_dict())
-    print(f"allocating the replay buffer: {args.buffer_size:,} transitions, "
-          f"{FrameReplayBuffer.bytes_needed(args.buffer_size) / 2**30:.2f} GiB")
     rb = FrameReplayBuffer(args.buffer_size, 4, (84, 84), device, rng)
     train_step = make_train_step(q_network, target_network, optimizer, args.gamma, args.compile)
 
     obs, _ = env.reset(seed=args.seed)
-    counters = {"gradient_steps": 0, "training_steps": 0, "warmup_left": args.learning_starts, "episode_steps": 0,
-                "last_return": float("nan"), "last_dormant": float("nan")}
+    counters, progress = Counters(warmup_left=args.learning_starts), Progress(args, start_step)
+    run = (args, counters, progress, q_network, target_network, optimizer, env, rng, device, rb)
     if checkpoint is not None:
-        q_network.load_state_dict(checkpoint["q_network"])
-        target_network.load_state_dict(checkpoint["target_network"])
-        load_optimizer_state(optimizer, checkpoint["optimizer"])
-        restore_env_state(env, checkpoint["env"])
-        obs = checkpoint["obs"].numpy().copy()
-        counters.update(checkpoint["counters"])
-        restore_rng_state(checkpoint["rng"], rng, device)
-        if checkpoint["buffer"] is not None:
-            rb.load_state_dict(checkpoint["buffer"])
-        else:  # refill the replay before training again; the schedules continue where they were
-            counters["warmup_left"] = args.learning_starts
-            print(f"the checkpoint has no replay buffer: refilling {args.learning_starts:,} steps before training")
-        checkpoint.clear()  # frees the loaded copy of the replay, for the caller's reference too
-
-    def make_checkpoint(next_step: int) -> dict:
-        return {
-            "args": dataclasses.asdict(args), "run_dir": run_dir, "global_step": next_step, "counters": dict(counters),
-            "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-            "optimizer": optimizer.state_dict(), "env": env_state(env), "obs": torch.from_numpy(obs.copy()),
-            "rng": rng_state(rng, device),
-            "buffer": rb.state_dict() if args.checkpoint_buffer else None,
-        }
-
-    # First gradient step whose loss or mean Q was not finite, tracked on the device: no sync per step.
-    step_counter = torch.tensor(counters["gradient_steps"], device=device)  # continues on resume
-    first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
-
-    def stop_if_diverged(global_step: int) -> None:
-        bad_step = int(first_nonfinite.item())
-        if bad_step >= 0:
-            print(f"\nerror: the TD loss or Q-values became NaN or infinite at gradient step {bad_step:,} (detected at "
-                  f"agent step {global_step:,}); stopping without overwriting the last checkpoint in {run_dir}",
-                  file=sys.stderr)
-            writer.close()
-            sys.exit(3)
-
-    stop_signal = None
-
-    def request_stop(signum, frame):
-        nonlocal stop_signal
-        if stop_signal is not None:
-            print(f"\n{signal.Signals(signum).name} again: exiting now, without a checkpoint", file=sys.stderr)
-            os._exit(128 + signum)
-        stop_signal = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
-              "(send it again to exit at once)", file=sys.stderr)
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
-    dormant_taus = sorted({*DORMANT_TAUS, args.redo_tau})
+        obs = restore_run(checkpoint, *run)
+    divergence, stop = DivergenceWatch(counters.gradient_steps, device), StopSignal()
     replay_ratio = Fraction(str(args.replay_ratio))  # exact: 0.1 is 1/10, not 0.1000000000000000055
-    start_time = last_print = time.time()
-    last_print_step, global_step = start_step, start_step - 1
-    for global_step in range(start_step, args.total_timesteps):
-        epsilon = epsilon_at(args, global_step)
-        if rng.random() < epsilon:
-            action = int(rng.integers(n_actions))
-        else:
-            with torch.no_grad():
-                action = int(q_network(torch.as_tensor(obs, device=device)[None]).argmax(dim=1).item())
+    exit_code, global_step = 0, start_step - 1
+    try:
+        for global_step in range(start_step, args.total_timesteps):
+            # ALGO LOGIC: act, step the game, store the transition
+            epsilon = epsilon_at(args, global_step)
+            action = act(q_network, obs, epsilon, rng, device)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            rb.add(obs, action, float(np.clip(reward, -1.0, 1.0)), next_obs, terminated, truncated)
+            obs = env.reset()[0] if terminated or truncated else next_obs
+            counters.episode_steps += 1
+            if "episode" in info:  # the real game ended, not just a life
+                progress.last_return = log_episode(writer, info, counters, epsilon, global_step)
 
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        rb.add(obs, action, float(np.clip(reward, -1.0, 1.0)), next_obs, terminated, truncated)
-        obs = next_obs
-        counters["episode_steps"] += 1
-        if "episode" in info:  # the real game ended, not just a life
-            counters["last_return"] = float(info["episode"]["r"])
-            writer.add_scalar("charts/episodic_return", counters["last_return"], global_step)
-            writer.add_scalar("charts/episodic_length", counters["episode_steps"], global_step)  # agent steps
-            writer.add_scalar("charts/epsilon", epsilon, global_step)
-            counters["episode_steps"] = 0
-        if terminated or truncated:
-            obs, _ = env.reset()
+            # ALGO LOGIC: train after the warm-up, at the replay ratio; ReDo check; target sync
+            if counters.warmup_left > 0:
+                counters.warmup_left -= 1
+                if counters.warmup_left == 0:  # the next speed and ETA count training steps only
+                    progress.restart_clock(global_step + 1)
+            else:
+                if counters.training_steps == 0:  # the fractions at initialization, before any update
+                    progress.last_dormant = check_dormant(q_network, optimizer, rb, args, writer, global_step, False)
+                counters.training_steps += 1
+                while counters.gradient_steps < gradient_steps_due(counters.training_steps, replay_ratio):
+                    loss, q_mean = train_step(rb.sample(args.batch_size))
+                    divergence.watch(loss, q_mean)
+                    counters.gradient_steps += 1
+                    if counters.gradient_steps % args.log_interval == 0:
+                        divergence.check(global_step)
+                        log_losses(writer, loss, q_mean, counters, progress.sps(global_step), global_step)
+                    if counters.gradient_steps % args.redo_interval == 0:
+                        divergence.check(global_step)
+                        progress.last_dormant = check_dormant(q_network, optimizer, rb, args, writer, global_step,
+                                                              args.enable_redo)
+                if global_step % args.target_network_frequency == 0:
+                    target_network.load_state_dict(q_network.state_dict())
 
-        if counters["warmup_left"] > 0:
-            counters["warmup_left"] -= 1
-            if counters["warmup_left"] == 0:  # the next speed and ETA count training steps only
-                last_print, last_print_step = time.time(), global_step + 1
-        else:
-            if counters["training_steps"] == 0:  # the fractions at initialization, before any update
-                scores = dormant_scores(q_network, rb.sample(args.redo_batch_size).obs)
-                counters["last_dormant"] = log_dormant_fractions(writer, scores, global_step, dormant_taus)[args.redo_tau]
-            counters["training_steps"] += 1
-            while counters["gradient_steps"] < gradient_steps_due(counters["training_steps"], replay_ratio):
-                loss, q_mean = train_step(rb.sample(args.batch_size))
-                counters["gradient_steps"] += 1
-                step_counter += 1
-                first_nonfinite = torch.where(
-                    (first_nonfinite < 0) & ~torch.isfinite(loss + q_mean), step_counter, first_nonfinite)
-                gradient_steps = counters["gradient_steps"]
-
-                if gradient_steps % args.log_interval == 0:
-                    stop_if_diverged(global_step)
-                    writer.add_scalar("losses/td_loss", loss.item(), global_step)
-                    writer.add_scalar("losses/q_values", q_mean.item(), global_step)
-                    writer.add_scalar("charts/SPS", int((global_step - start_step) / (time.time() - start_time)), global_step)
-                    writer.add_scalar("charts/gradient_steps", gradient_steps, global_step)
-
-                if gradient_steps % args.redo_interval == 0:
-                    stop_if_diverged(global_step)
-                    states = rb.sample(args.redo_batch_size).obs
-                    if args.enable_redo:
-                        result = recycle_dormant(q_network, optimizer, states, tau=args.redo_tau,
-                                                 init_fn=QNetwork.weight_init(args.network))
-                        scores = result["scores"]  # from before this recycling
-                        for name, count in result["recycled"].items():
-                            writer.add_scalar(f"redo/recycled/{name}", count, global_step)
-                        writer.add_scalar("redo/recycled/total", sum(result["recycled"].values()), global_step)
-                    else:
-                        scores = dormant_scores(q_network, states)
-                    counters["last_dormant"] = log_dormant_fractions(writer, scores, global_step, dormant_taus)[args.redo_tau]
-
-            if global_step % args.target_network_frequency == 0:
-                target_network.load_state_dict(q_network.state_dict())
-
-        if stop_signal is not None or (args.checkpoint_interval and (global_step + 1) % args.checkpoint_interval == 0):
-            stop_if_diverged(global_step)
-            save_checkpoint(make_checkpoint(global_step + 1), run_dir)
-        if stop_signal is not None:
-            env.close()
-            writer.close()
-            print(f"stopped at step {global_step + 1:,}; continue with: python {os.path.basename(__file__)} "
-                  f"--resume {run_dir}", file=sys.stderr)
-            sys.exit(128 + stop_signal)
-
-        if time.time() - last_print > (2 if sys.stderr.isatty() else 60) or global_step == args.total_timesteps - 1:
-            # Speed over the last print interval: the fast warm-up would make an average too optimistic.
-            now = time.time()
-            sps = (global_step + 1 - last_print_step) / max(now - last_print, 1e-6)
-            last_print, last_print_step = now, global_step + 1
-            steps_left = args.total_timesteps - global_step - 1
-            eta = "warming up" if counters["warmup_left"] > 0 else (
-                f"ETA {format_duration(steps_left / sps if steps_left else 0)}")
-            line = (f"step {global_step + 1:,}/{args.total_timesteps:,} | {sps:.0f} SPS | eps {epsilon:.3f} | "
-                    f"return {counters['last_return']:.0f} | dormant(tau={args.redo_tau:g}) "
-                    f"{100 * counters['last_dormant']:.1f}% | {eta}")
-            print(f"\r{line}" if sys.stderr.isatty() else line, end="" if sys.stderr.isatty() else "\n",
-                  file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    stop_if_diverged(global_step)
-    if args.checkpoint_interval and (global_step + 1) % args.checkpoint_interval != 0:
-        save_checkpoint(make_checkpoint(global_step + 1), run_dir)  # so that the run can be extended
-
-    if args.save_model:
-        model_path = f"{run_dir}/{args.exp_name}.pt"
-        torch.save({"model": q_network.state_dict(), "args": dataclasses.asdict(args)}, model_path)  # weights_only-safe
-        print(f"model saved to {model_path}")
-        returns = evaluate(q_network, args, device)
-        for episode, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, episode)
-        print(f"evaluation over {len(returns)} episodes: mean return {np.mean(returns):.1f}")
-
+            # TRY NOT TO MODIFY: checkpoint (on schedule or on a signal), progress
+            due = args.checkpoint_interval and (global_step + 1) % args.checkpoint_interval == 0
+            if stop.signum is not None or due:
+                divergence.check(global_step)
+                save_run(*run, run_dir, global_step + 1, obs)
+            if stop.signum is not None:
+                break
+            progress.update(global_step, epsilon, warming_up=counters.warmup_left > 0)
+        if stop.signum is None:
+            print(file=sys.stderr)
+            divergence.check(global_step)
+            if args.checkpoint_interval and (global_step + 1) % args.checkpoint_interval != 0:
+                save_run(*run, run_dir, global_step + 1, obs)  # so that the run can be extended
+            if args.save_model:
+                save_and_evaluate(q_network, args, run_dir, writer, device)
+    except Diverged as error:
+        print(f"\nerror: {error}; stopping without overwriting the last checkpoint in {run_dir}", file=sys.stderr)
+        exit_code = 3
     env.close()
     writer.close()
+    if stop.signum is not None and exit_code == 0:
+        print(f"stopped at step {global_step + 1:,}; continue with: python {os.path.basename(__file__)} "
+              f"--resume {run_dir}", file=sys.stderr)
+        exit_code = 128 + stop.signum
+    if exit_code:
+        sys.exit(exit_code)
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    checkpoint = None
-    if args.resume is not None:
-        checkpoint, error = load_checkpoint(args.resume)
-        if error is not None:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        # The run's own arguments are the defaults: only what is given again on the command line changes.
-        saved_args = {key: value for key, value in checkpoint["args"].items() if key in Args.__dataclass_fields__}
-        args = tyro.cli(Args, default=Args(**{**saved_args, "resume": args.resume}))
-    main(args, checkpoint)
+    main(*parse_command_line())
