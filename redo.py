@@ -66,8 +66,8 @@ _NONE = -1  # element ids: -1 holds no hidden neuron's value; otherwise 2 * neur
 # Operations that move elements without changing them: applied to the element ids as to the data.
 _MOVES = {"reshape", "view", "flatten", "unflatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand",
           "expand_as", "repeat", "movedim", "narrow", "select", "__getitem__", "cat", "concat", "concatenate",
-          "stack", "split", "chunk", "unbind", "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to",
-          "type", "type_as", "pad"}
+          "stack", "split", "chunk", "unbind", "contiguous", "clone", "detach", "float", "double", "half", "bfloat16",
+          "to", "type", "type_as", "pad"}
 # Element-wise operations that keep 0 at 0 and a neuron's values its own.
 _SCALINGS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "mul", "__mul__", "__rmul__",
              "div", "__truediv__"}
@@ -230,7 +230,8 @@ class _Tracer(TorchFunctionMode):
             mixed = (rows != column_ids).any(dim=0)
         for layer in self.layers_in(ids):
             layer.readers[reader.name] = column_ids
-            own = (column_ids >= 0) & (column_ids // 2 >= layer.first_id) & (column_ids // 2 < layer.first_id + layer.size)
+            neuron = column_ids // 2
+            own = (column_ids >= 0) & (neuron >= layer.first_id) & (neuron < layer.first_id + layer.size)
             if mixed.any():
                 layer.fail(f"'{reader.name}' reads '{layer.name}' with several neurons in one input "
                            f"{'channel' if isinstance(reader.module, nn.Conv2d) else 'column'}")
@@ -244,7 +245,9 @@ class _Tracer(TorchFunctionMode):
     def move(self, func, name: str, args: tuple, kwargs: dict, result: Any, tracked: list[Tensor]) -> None:
         def as_ids(value):
             if isinstance(value, Tensor):
-                return self.ids[id(value)][1] if id(value) in self.ids else torch.full_like(value, _NONE, dtype=torch.long)
+                if id(value) in self.ids:
+                    return self.ids[id(value)][1]
+                return torch.full_like(value, _NONE, dtype=torch.long)
             return value
 
         if name in ("float", "double", "half", "bfloat16", "to", "type", "type_as", "contiguous", "clone", "detach"):
@@ -261,7 +264,8 @@ class _Tracer(TorchFunctionMode):
         else:
             ids_args, ids_kwargs = [], {}
             for arg in args:
-                ids_args.append(type(arg)(as_ids(item) for item in arg) if isinstance(arg, (list, tuple)) else as_ids(arg))
+                is_sequence = isinstance(arg, (list, tuple))
+                ids_args.append(type(arg)(as_ids(item) for item in arg) if is_sequence else as_ids(arg))
             for key, value in kwargs.items():
                 ids_kwargs[key] = as_ids(value)
             moved = (torch.Tensor.reshape if name == "view" else func)(*ids_args, **ids_kwargs)
@@ -289,7 +293,8 @@ class _Tracer(TorchFunctionMode):
         for layer in self.layers_in(ids):
             own = (neurons >= layer.first_id) & (neurons < layer.first_id + layer.size)
             index = neurons[own] - layer.first_id
-            abs_sum = torch.zeros(layer.size, dtype=torch.double, device=values.device).index_add_(0, index, values[own])
+            abs_sum = torch.zeros(layer.size, dtype=torch.double, device=values.device)
+            abs_sum.index_add_(0, index, values[own])
             count = torch.bincount(index, minlength=layer.size) * samples
             layer.abs_sum = abs_sum if layer.abs_sum is None else layer.abs_sum + abs_sum
             layer.count = count if layer.count is None else layer.count + count
