@@ -1,7 +1,7 @@
 """Speed of dqn_redo.py on this machine: the update step, the whole training loop, replay sampling and ReDo.
 
-    python benchmark.py                 # about 25 minutes on a 2-core CPU
-    python benchmark.py --quick         # fewer and shorter repeats, to try it out
+    python benchmark.py                 # about 50 minutes on a 2-core CPU (both networks)
+    python benchmark.py --quick         # fewer and shorter repeats, to try it out (about 10 minutes)
 
 The update step, acting, sampling and ReDo are timed in this process after a warm-up; each
 whole-loop run is a fresh `python dqn_redo.py` process. Times are medians over repeats; ratios compare
@@ -13,6 +13,7 @@ the figures.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import platform
 import statistics
@@ -41,6 +42,8 @@ class Args:
     """agent steps timed in each whole-loop run, after 2000 warm-up steps"""
     loop_repeats: int = 5
     """whole-loop runs per replay ratio and path, eager and fast taking turns"""
+    networks: list[str] = dataclasses.field(default_factory=lambda: ["dopamine", "nature"])
+    """networks to measure: dopamine (the paper's, SAME padding, the default) and nature (VALID, CleanRL's)"""
     loop_epsilon: float = 0.01
     """exploration epsilon of the whole-loop runs: 0.01 (default) as after the first 10 % of a default run,
     where nearly every step computes a greedy action; 1.0 as early in a run, where none does"""
@@ -74,10 +77,10 @@ def random_batch(n: int = 32) -> Batch:
     return Batch(frames(), torch.randint(0, 6, (n,)), torch.rand(n), frames(), torch.zeros(n))
 
 
-def build_update_step(compile: bool, channels_last: bool, fused_adam: bool) -> Callable[[Batch], object]:
+def build_update_step(network: str, compile: bool, channels_last: bool, fused_adam: bool) -> Callable[[Batch], object]:
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    q_network = QNetwork(6).to(memory_format=memory_format)
+    q_network = QNetwork(6, network).to(memory_format=memory_format)
     target_network = copy.deepcopy(q_network)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4, fused=fused_adam)
     return make_train_step(q_network, target_network, optimizer, 0.99, compile)
@@ -119,7 +122,16 @@ def matmul_peak_gflops(n: int = 2048) -> float:
     return 2 * n**3 / median_ms(lambda: a @ b, 10) / 1e6
 
 
-def whole_loop(replay_ratio: float, fast: bool, loop_steps: int, epsilon: float) -> float:
+def forward_macs(network: str) -> float:
+    """Multiply-adds of one state's forward pass."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        QNetwork(6, network)(torch.zeros(1, 4, 84, 84, dtype=torch.uint8))
+    return counter.get_total_flops() / 2
+
+
+def whole_loop(network: str, replay_ratio: float, fast: bool, loop_steps: int, epsilon: float) -> float:
     """Agent steps per second of a real `python dqn_redo.py` run in its training phase (fixed epsilon), from
     its logged wall times. Each run is a fresh process, as a user's is: nothing this process did before
     (the allocator's state, compiled code, thread pools) changes its speed."""
@@ -131,7 +143,7 @@ def whole_loop(replay_ratio: float, fast: bool, loop_steps: int, epsilon: float)
                "--total-timesteps", str(warmup + loop_steps), "--learning-starts", str(warmup),
                "--buffer-size", "20000", "--replay-ratio", str(replay_ratio), "--start-e", str(epsilon),
                "--end-e", str(epsilon), "--enable-redo", "--log-interval", "25", "--checkpoint-interval", "0",
-               "--seed", "1", *speed_flags]
+               "--seed", "1", "--network", network, "--redo-batch-size", "64", *speed_flags]
     with tempfile.TemporaryDirectory() as folder:
         # Cold compile caches, as on a fresh machine (the warm-up is left out of the rate anyway).
         env = {**os.environ, "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
@@ -151,9 +163,10 @@ def whole_loop(replay_ratio: float, fast: bool, loop_steps: int, epsilon: float)
 def main(args: Args) -> None:
     import torch._inductor.config
 
-    if not 0 <= args.loop_epsilon <= 1 or args.loop_steps < 100 or args.loop_repeats < 1 or args.buffer_size < 64:
-        print("error: --loop-epsilon must be in [0, 1], --loop-steps >= 100, --loop-repeats >= 1 and "
-              "--buffer-size >= 64", file=sys.stderr)
+    if (not 0 <= args.loop_epsilon <= 1 or args.loop_steps < 100 or args.loop_repeats < 1 or args.buffer_size < 64
+            or not args.networks or not set(args.networks) <= {"dopamine", "nature"}):
+        print("error: --loop-epsilon must be in [0, 1], --loop-steps >= 100, --loop-repeats >= 1, "
+              "--buffer-size >= 64, --networks among dopamine and nature", file=sys.stderr)
         sys.exit(2)
 
     torch._inductor.config.force_disable_caches = True  # the compile warm-up a fresh machine sees
@@ -164,27 +177,36 @@ def main(args: Args) -> None:
           f"{torch.get_num_threads()} threads")
 
     batches = [random_batch() for _ in range(8)]
-    eager_step, fast_step = build_update_step(False, False, False), build_update_step(True, True, True)
-    eager_ms, _ = time_update_step(eager_step, batches, repeats)
-    channels_last_ms, _ = time_update_step(build_update_step(False, True, False), batches, repeats)
-    fused_ms, _ = time_update_step(build_update_step(False, True, True), batches, repeats)
-    fast_ms, compile_s = time_update_step(fast_step, batches, repeats)
-    rows += [("update step (batch 32), eager", f"{eager_ms:.1f} ms", "1.00x"),
-             ("update step, + channels_last", f"{channels_last_ms:.1f} ms", f"{eager_ms / channels_last_ms:.2f}x"),
-             ("update step, + fused Adam", f"{fused_ms:.1f} ms", f"{eager_ms / fused_ms:.2f}x"),
-             ("update step, + compiled loss (default)", f"{fast_ms:.1f} ms", f"{eager_ms / fast_ms:.2f}x"),
-             ("compile warm-up (first update)", f"{compile_s:.1f} s", "")]
-    gflop, kernel_share, kernel_gflops = arithmetic_share(eager_step, fast_step, batches, repeats)
-    rows += [("fast update: time in convolution and matmul kernels", f"{100 * kernel_share:.0f} %",
-              f"{gflop:.2f} GFLOP at {kernel_gflops:.0f} GFLOP/s"),
-             ("float32 matmul 2048 x 2048 (this CPU's arithmetic rate)", f"{matmul_peak_gflops():.0f} GFLOP/s", "")]
+    macs = {network: forward_macs(network) for network in args.networks}
+    for network in args.networks:
+        ratio = f"{macs[network] / macs['nature']:.2f}x nature" if "nature" in macs else ""
+        rows.append((f"[{network}] forward multiply-adds per state", f"{macs[network] / 1e6:.0f} M", ratio))
+    for network in args.networks:
+        eager_step = build_update_step(network, False, False, False)
+        fast_step = build_update_step(network, True, True, True)
+        eager_ms, _ = time_update_step(eager_step, batches, repeats)
+        channels_last_ms, _ = time_update_step(build_update_step(network, False, True, False), batches, repeats)
+        fused_ms, _ = time_update_step(build_update_step(network, False, True, True), batches, repeats)
+        fast_ms, compile_s = time_update_step(fast_step, batches, repeats)
+        rows += [(f"[{network}] update step (batch 32), eager", f"{eager_ms:.1f} ms", "1.00x"),
+                 (f"[{network}] update step, + channels_last", f"{channels_last_ms:.1f} ms",
+                  f"{eager_ms / channels_last_ms:.2f}x"),
+                 (f"[{network}] update step, + fused Adam", f"{fused_ms:.1f} ms", f"{eager_ms / fused_ms:.2f}x"),
+                 (f"[{network}] update step, + compiled loss (default)", f"{fast_ms:.1f} ms",
+                  f"{eager_ms / fast_ms:.2f}x"),
+                 (f"[{network}] compile warm-up (first update)", f"{compile_s:.1f} s", "")]
+        gflop, kernel_share, kernel_gflops = arithmetic_share(eager_step, fast_step, batches, repeats)
+        rows.append((f"[{network}] fast update: time in convolution and matmul kernels",
+                     f"{100 * kernel_share:.0f} %", f"{gflop:.2f} GFLOP at {kernel_gflops:.0f} GFLOP/s"))
+    rows.append(("float32 matmul 2048 x 2048 (this CPU's arithmetic rate)", f"{matmul_peak_gflops():.0f} GFLOP/s", ""))
 
-    q_network = QNetwork(6).to(memory_format=torch.channels_last)
+    network = args.networks[0]
+    q_network = QNetwork(6, network).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4)
     obs = torch.randint(0, 256, (1, 4, 84, 84), dtype=torch.uint8)
     with torch.no_grad():
         act_ms = median_ms(lambda: q_network(obs).argmax(dim=1).item(), repeats * 5)
-    rows.append(("acting: Q-values of one state", f"{act_ms:.2f} ms", ""))
+    rows.append((f"[{network}] acting: Q-values of one state", f"{act_ms:.2f} ms", ""))
 
     rng = np.random.default_rng(0)
     buffer = FrameReplayBuffer(args.buffer_size, 4, (84, 84), torch.device("cpu"), rng)
@@ -195,7 +217,7 @@ def main(args: Args) -> None:
         buffer.add(obs_i, 0, 0.0, stacks[(i + 1) % 64], i % 1000 == 999, False)
     sample_ms = median_ms(lambda: buffer.sample(32), repeats * 5)
     rows.append((f"replay sample of 32 from {args.buffer_size:,} transitions", f"{sample_ms:.2f} ms",
-                 f"{100 * sample_ms / fast_ms:.1f} % of a fast update"))
+                 ""))
     states = buffer.sample(64).obs
     del buffer
 
@@ -203,29 +225,31 @@ def main(args: Args) -> None:
     recycle_ms = median_ms(lambda: recycle_dormant(q_network, optimizer, states, tau=0.1), repeats)
     log_ms = median_ms(lambda: [dormant_fractions(dormant_scores(q_network, states), tau) for tau in (0, 0.025, 0.1)],
                        repeats)
-    rows += [("dormant scores + fractions (64 states)", f"{scores_ms:.1f} ms", ""),
-             ("recycle_dormant (score + recycle, 64 states)", f"{recycle_ms:.1f} ms", "")]
+    rows += [(f"[{network}] dormant scores + fractions (64 states)", f"{scores_ms:.1f} ms", ""),
+             (f"[{network}] recycle_dormant (score + recycle, 64 states)", f"{recycle_ms:.1f} ms", "")]
 
     loop = {}
-    for replay_ratio in (0.25, 1.0):
-        runs = {False: [], True: []}
-        for _ in range(1 if args.quick else args.loop_repeats):
+    for network in args.networks:
+        for replay_ratio in (0.25, 1.0):
+            runs = {False: [], True: []}
+            for _ in range(1 if args.quick else args.loop_repeats):
+                for fast in (False, True):
+                    runs[fast].append(whole_loop(network, replay_ratio, fast, loop_steps, args.loop_epsilon))
             for fast in (False, True):
-                runs[fast].append(whole_loop(replay_ratio, fast, loop_steps, args.loop_epsilon))
-        for fast in (False, True):
-            loop[replay_ratio, fast] = statistics.median(runs[fast])
-        name = f"whole loop, replay ratio {replay_ratio:g}, epsilon {args.loop_epsilon:g}"
-        each = {fast: " (" + ", ".join(f"{rate:.0f}" for rate in runs[fast]) + ")" if len(runs[fast]) > 1 else ""
-                for fast in runs}
-        rows += [(f"{name}, eager", f"{loop[replay_ratio, False]:.0f} steps/s{each[False]}", "1.00x"),
-                 (f"{name}, fast (default)", f"{loop[replay_ratio, True]:.0f} steps/s{each[True]}",
-                  f"{loop[replay_ratio, True] / loop[replay_ratio, False]:.2f}x")]
+                loop[network, replay_ratio, fast] = statistics.median(runs[fast])
+            name = f"[{network}] whole loop, replay ratio {replay_ratio:g}, epsilon {args.loop_epsilon:g}"
+            each = {fast: " (" + ", ".join(f"{rate:.0f}" for rate in runs[fast]) + ")" if len(runs[fast]) > 1 else ""
+                    for fast in runs}
+            eager, fast = loop[network, replay_ratio, False], loop[network, replay_ratio, True]
+            rows += [(f"{name}, eager", f"{eager:.0f} steps/s{each[False]}", "1.00x"),
+                     (f"{name}, fast (default)", f"{fast:.0f} steps/s{each[True]}", f"{fast / eager:.2f}x")]
     # At the default interval (1000 gradient steps), one recycle pass (scores included) and one dormant
     # log (fractions at three taus) per 1000 updates, i.e. per 1000 / ratio agent steps.
+    network = args.networks[0]
     for replay_ratio in (0.25, 1.0):
-        interval_s = (1000 / replay_ratio) / loop[replay_ratio, True]
+        interval_s = (1000 / replay_ratio) / loop[network, replay_ratio, True]
         share = (recycle_ms + log_ms) / 1000 / interval_s
-        rows.append((f"ReDo + dormant logging, share of training time (RR {replay_ratio:g}, interval 1000)",
+        rows.append((f"[{network}] ReDo + dormant logging, share of training time (RR {replay_ratio:g})",
                      f"{(recycle_ms + log_ms):.0f} ms per {interval_s:.0f} s", f"{100 * share:.2f} %"))
 
     width = max(len(r[0]) for r in rows)
