@@ -1,7 +1,8 @@
 """Figures from dqn_redo.py runs: episodic return and dormant-neuron fractions, aggregated over seeds.
 
-    python plot.py                                  # every run under runs/, figures into img/
+    python plot.py                                  # every run under runs/, figures into figures/
     python plot.py runs/rr1 --out-dir img/rr1 --note "DemonAttack, 100k steps, 2-core CPU"
+    python plot.py runs/sweep --sweep               # across games, as the field reports it (rliable)
 
 Runs are grouped by game, replay ratio and ReDo on/off (read from each run's logged hyperparameters).
 Each curve is the mean (or IQM) over the group's seeds with a 95 % bootstrap confidence band; its
@@ -37,6 +38,11 @@ class Args:
     """a line under each figure's title: how the runs were made (game, steps, hardware)"""
     prefix: str = ""
     """prefix of the PNG file names"""
+    sweep: bool = False
+    """aggregate across games: human-normalized scores, IQM and mean over runs and games with stratified bootstrap
+    confidence intervals (rliable), per arm and replay ratio; the dormant fractions the same way; a per-game table"""
+    final_fraction: float = 0.1
+    """a run's score: its mean episodic return over this last fraction of its agent steps"""
 
 
 @dataclass
@@ -190,6 +196,138 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
     return figures
 
 
+# ---------------------------------------------------------------------------------------------------
+# Across games (--sweep)
+
+# Random and human scores of the Atari 57 (Mnih et al. 2015, Nature, Extended Data Table 2; van Hasselt et al.
+# 2016; the table Dopamine and rliable's papers normalize with), by ALE game name. It holds the paper's 17 games
+# (its appendix) and a few more that are common in quick tests.
+ATARI_RANDOM_HUMAN = {
+    "Asterix": (210.0, 8503.3), "BeamRider": (363.9, 16926.5), "Breakout": (1.7, 30.5),
+    "DemonAttack": (152.1, 1971.0), "DoubleDunk": (-18.6, -16.4), "Enduro": (0.0, 860.5),
+    "IceHockey": (-11.2, 0.9), "Jamesbond": (29.0, 302.8), "MsPacman": (307.3, 6951.6), "Pong": (-20.7, 14.6),
+    "Qbert": (163.9, 13455.0), "RoadRunner": (11.5, 7845.0), "Seaquest": (68.4, 42054.7),
+    "SpaceInvaders": (148.0, 1668.7), "WizardOfWor": (563.5, 4756.5), "YarsRevenge": (3092.9, 54576.9),
+    "Zaxxon": (32.5, 9173.3), "Alien": (227.8, 7127.7), "Freeway": (0.0, 29.6), "Boxing": (0.1, 12.1),
+}
+PAPER_GAMES = ["Asterix", "DemonAttack", "Seaquest", "WizardOfWor", "BeamRider", "RoadRunner", "Jamesbond", "Qbert",
+               "Breakout", "Enduro", "SpaceInvaders", "Pong", "Zaxxon", "YarsRevenge", "MsPacman", "DoubleDunk",
+               "IceHockey"]
+
+
+def game_name(env_id: str) -> str:
+    """'DemonAttack-v4', 'ALE/DemonAttack-v5', 'DemonAttackNoFrameskip-v4' -> 'DemonAttack'."""
+    return env_id.split("/")[-1].split("-")[0].removesuffix("NoFrameskip")
+
+
+class SweepError(Exception):
+    pass
+
+
+def human_normalized(score: np.ndarray, env_id: str) -> np.ndarray:
+    if game_name(env_id) not in ATARI_RANDOM_HUMAN:
+        raise SweepError(f"no random/human reference score for {env_id}: add it to ATARI_RANDOM_HUMAN in plot.py")
+    random_score, human_score = ATARI_RANDOM_HUMAN[game_name(env_id)]
+    return (score - random_score) / (human_score - random_score)
+
+
+def sweep_arrays(runs: list[Run], tag: str, bins: int, normalize: bool) -> tuple[dict, list[str], np.ndarray, dict]:
+    """Per algorithm (arm and replay ratio): an array (runs, games, bins) of the tag's values binned over agent
+    steps, human-normalized if asked. Every algorithm gets the same games and, per game, the same number of
+    runs (the smallest any cell has: rliable needs a full matrix); the points are fractions of the shortest run."""
+    groups: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        arm = f"DQN + ReDo (tau={run.redo_tau:g})" if run.redo else "DQN"
+        groups[f"{arm}, RR {run.replay_ratio:g}"][run.env_id].append(run)
+    games = sorted({run.env_id for run in runs})
+    n_runs = min(len(groups[a].get(g, [])) for a in groups for g in games)
+    if n_runs == 0:
+        raise SweepError("every arm and replay ratio needs at least one run of every game")
+    last_step = min(int(run.scalars[tag][0].max()) for run in runs if tag in run.scalars)
+    edges = np.linspace(0, last_step + 1, bins + 1)
+    arrays, counts = {}, {}
+    for algorithm, by_game in sorted(groups.items()):
+        per_game = []
+        for env_id in games:
+            members = sorted(by_game[env_id], key=lambda run: run.path)[:n_runs]
+            values = np.stack([binned(run, tag, edges) for run in members])  # (runs, bins)
+            per_game.append(human_normalized(values, env_id) if normalize else values)
+        arrays[algorithm] = np.stack(per_game, axis=1)  # (runs, games, bins)
+        counts[algorithm] = {env_id: len(by_game[env_id]) for env_id in games}
+    return arrays, games, (edges[:-1] + edges[1:]) / 2, counts
+
+
+def interval_estimates(arrays: dict[str, np.ndarray], reps: int) -> tuple[dict, dict]:
+    """IQM and mean over runs and games, with 95 % stratified bootstrap intervals (rliable), per point."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    def iqm_and_mean(scores: np.ndarray) -> np.ndarray:  # scores: (runs, games, points) -> (2 * points,)
+        points = range(scores.shape[-1])
+        return np.array([metrics.aggregate_iqm(scores[..., t]) for t in points]
+                        + [metrics.aggregate_mean(scores[..., t]) for t in points])
+
+    estimates, intervals = rly.get_interval_estimates(arrays, iqm_and_mean, reps=reps,
+                                                      random_state=np.random.RandomState(0))
+    # -> per algorithm: (points, 2) estimates [IQM, mean], and (2, points, 2) intervals [low/high, point, statistic]
+    return ({a: e.reshape(2, -1).T for a, e in estimates.items()},
+            {a: i.reshape(2, 2, -1).transpose(0, 2, 1) for a, i in intervals.items()})
+
+
+def sweep_report(runs: list[Run], args: Args) -> str:
+    """Figures of IQM (human-normalized return; dormant fraction) over training per algorithm, and the tables."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    lines = []
+    for tag, normalize, label, file_name in [
+        ("charts/episodic_return", True, "human-normalized return", "sweep_return"),
+        ("dormant/tau=0.1/total", False, "dormant neurons at tau = 0.1, fraction", "sweep_dormant"),
+    ]:
+        arrays, games, steps, counts = sweep_arrays(runs, tag, args.bins, normalize)
+        points, intervals = interval_estimates(arrays, args.bootstrap_samples)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for k, algorithm in enumerate(sorted(arrays)):
+            for ax, which, name in zip(axes, (0, 1), ("IQM", "mean")):
+                center, low, high = points[algorithm][:, which], intervals[algorithm][0][:, which], \
+                    intervals[algorithm][1][:, which]
+                ok = ~np.isnan(center)
+                ax.plot(steps[ok], center[ok], label=algorithm, color=f"C{k}")
+                ax.fill_between(steps[ok], low[ok], high[ok], color=f"C{k}", alpha=0.2, linewidth=0)
+                ax.set_title(f"{name} over {len(games)} games x {arrays[algorithm].shape[0]} runs", fontsize=10)
+                ax.set_xlabel("agent steps (4 frames each)")
+                ax.set_ylabel(label)
+                ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{label}: 95 % stratified bootstrap CIs (rliable)" + (f"\n{args.note}" if args.note else ""),
+                     fontsize=10)
+        fig.tight_layout()
+        os.makedirs(args.out_dir, exist_ok=True)
+        path = os.path.join(args.out_dir, f"{args.prefix}{file_name}.png")
+        fig.savefig(path, dpi=120)
+        lines.append(f"wrote {path}")
+        if tag == "charts/episodic_return":
+            final = {a: array[..., -max(1, int(round(args.final_fraction * args.bins))):].mean(axis=-1)[..., None]
+                     for a, array in arrays.items()}
+            final_points, final_intervals = interval_estimates(final, args.bootstrap_samples)
+            lines += ["", "| algorithm | runs per game | IQM HNS [95 % CI] | mean HNS [95 % CI] |", "|-|-|-|-|"]
+            for algorithm in sorted(final):
+                (iqm_value, mean_value), (low, high) = final_points[algorithm][0], final_intervals[algorithm]
+                lines.append(f"| {algorithm} | {final[algorithm].shape[0]} | {iqm_value:.3f} [{low[0, 0]:.3f}, "
+                             f"{high[0, 0]:.3f}] | {mean_value:.3f} [{low[0, 1]:.3f}, {high[0, 1]:.3f}] |")
+            lines += ["", "| game | algorithm | runs | return, last part: mean (per run) | HNS |", "|-|-|-|-|-|"]
+            for g, env_id in enumerate(games):
+                for algorithm in sorted(final):
+                    normalized = final[algorithm][:, g, 0]
+                    random_score, human_score = ATARI_RANDOM_HUMAN[game_name(env_id)]
+                    raw = normalized * (human_score - random_score) + random_score
+                    lines.append(f"| {env_id} | {algorithm} | {counts[algorithm][env_id]} | {raw.mean():.1f} "
+                                 f"({', '.join(f'{x:.0f}' for x in raw)}) | {normalized.mean():.3f} |")
+    return "\n".join(lines)
+
+
 def main(args: Args) -> None:
     run_dirs = find_run_dirs(args.paths)
     if not run_dirs:
@@ -200,6 +338,13 @@ def main(args: Args) -> None:
     if not runs:
         print(f"error: none of the {len(run_dirs)} run folders found has dqn_redo.py hyperparameters", file=sys.stderr)
         sys.exit(2)
+    if args.sweep:
+        try:
+            print(sweep_report(runs, args))
+        except SweepError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        return
     os.makedirs(args.out_dir, exist_ok=True)
     for name, fig in make_figures(runs, args).items():
         path = os.path.join(args.out_dir, f"{name}.png")

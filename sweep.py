@@ -1,0 +1,226 @@
+"""The paper's experiment as a grid of dqn_redo.py runs on Ray: games x seeds x replay ratios x arms.
+
+    python sweep.py --env-ids DemonAttack-v4 Pong-v4 --seeds 1 2 3 --replay-ratios 0.25 1 -- --total-timesteps 2500000
+    python sweep.py ... --ray-address auto          # on a Ray cluster: each run asks Ray for its CPUs (and GPU)
+    python plot.py --sweep runs/sweep              # human-normalized IQM with rliable
+
+Each cell runs `dqn_redo.py` as its own process in its own folder, `<out-dir>/<game>__rr<ratio>__<arm>__s<seed>`,
+with `--checkpoint-buffer`, so that running the same command again skips finished cells (`done.json`) and
+continues interrupted ones with `--resume` (identical to an uninterrupted run). A run whose process is killed
+(a lost worker, an out-of-memory kill, a preempted node) is retried by Ray and resumes; a run that fails for a
+reason of its own (bad arguments, divergence) is reported once, with its log's last lines, in `failed.json`,
+and not retried (pass --retry-failed to try those again). Arguments after `--` go to every dqn_redo.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+ROOT = Path(__file__).resolve().parent
+RESERVED = {"--env-id", "--seed", "--replay-ratio", "--enable-redo", "--no-enable-redo", "--exp-name", "--resume",
+            "--torch-threads", "--checkpoint-buffer", "--cuda", "--no-cuda"}
+
+
+@dataclass
+class SweepArgs:
+    env_ids: list[str] = field(default_factory=lambda: ["DemonAttack-v4"])
+    """games"""
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    """seeds of every game, ratio and arm"""
+    replay_ratios: list[float] = field(default_factory=lambda: [0.25])
+    """replay ratios (gradient steps per agent step)"""
+    arms: list[Literal["baseline", "redo"]] = field(default_factory=lambda: ["baseline", "redo"])
+    """DQN alone, DQN + ReDo"""
+    out_dir: str = "runs/sweep"
+    """one folder per cell under it"""
+    ray_address: str | None = None
+    """a Ray cluster to use ("auto", or "ray://host:10001"); default: start Ray on this machine"""
+    cpus_per_run: int = 1
+    """CPUs Ray reserves for each run; also its --torch-threads (so runs never oversubscribe the cores)"""
+    gpus_per_run: float = 0.0
+    """GPUs Ray reserves for each run (e.g. 1, or 0.5 to share one GPU between two runs); 0: CPU only"""
+    max_retries: int = 3
+    """times Ray restarts a run whose process or worker died, each time resuming from its checkpoint"""
+    retry_failed: bool = False
+    """run again the cells that failed for a reason of their own in an earlier sweep"""
+    summary_interval: float = 60.0
+    """seconds between summary lines"""
+
+
+@dataclass(frozen=True)
+class Cell:
+    env_id: str
+    replay_ratio: float
+    arm: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.env_id.replace('/', '-')}__rr{self.replay_ratio:g}__{self.arm}__s{self.seed}"
+
+
+def cells_of(args: SweepArgs) -> list[Cell]:
+    return [Cell(env_id, ratio, arm, seed) for env_id in args.env_ids for ratio in args.replay_ratios
+            for arm in args.arms for seed in args.seeds]
+
+
+def run_folder(cell_dir: Path) -> Path | None:
+    """The dqn_redo.py run folder a cell made, if any (a cell makes exactly one)."""
+    runs = sorted((cell_dir / "runs").glob("*")) if (cell_dir / "runs").is_dir() else []
+    return runs[0] if runs else None
+
+
+def command(cell: Cell, cell_dir: Path, args: SweepArgs, extra: list[str]) -> list[str]:
+    """The dqn_redo.py command for a cell: a resume if it has a checkpoint, else a fresh run."""
+    run = run_folder(cell_dir)
+    if run is not None and ((run / "checkpoint.pt").exists() or (run / "checkpoint.prev.pt").exists()):
+        return [sys.executable, str(ROOT / "dqn_redo.py"), "--resume", str(run.resolve()), *extra]
+    flags = ["--env-id", cell.env_id, "--seed", str(cell.seed), "--replay-ratio", f"{cell.replay_ratio:g}",
+             "--exp-name", f"rr{cell.replay_ratio:g}_{cell.arm}", "--torch-threads", str(args.cpus_per_run),
+             "--checkpoint-buffer", "--cuda" if args.gpus_per_run > 0 else "--no-cuda"]
+    if cell.arm == "redo":
+        flags.append("--enable-redo")
+    if run is not None:  # killed before its first checkpoint: start over in a clean folder
+        for path in sorted(run.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        run.rmdir()
+    return [sys.executable, str(ROOT / "dqn_redo.py"), *flags, *extra]
+
+
+def _die_with_parent() -> None:
+    """In the run's process: get SIGTERM if the Ray worker dies, so the run saves a checkpoint and stops instead of
+    running on unseen beside its retry."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Interrupted(Exception):
+    """The run's process was killed by a signal: Ray retries the task, which resumes from the checkpoint."""
+
+
+def run_cell(cell: Cell, cell_dir: str, args: SweepArgs, extra: list[str]) -> dict:
+    """Runs (or resumes) one cell to its end. Returns its outcome; raises Interrupted if the process was killed."""
+    folder = Path(cell_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = command(cell, folder, args, extra)
+    with open(folder / "log.txt", "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        code = subprocess.call(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                               env={**os.environ, "OMP_NUM_THREADS": str(args.cpus_per_run)})
+    if code < 0 or code in (128 + 9, 128 + 15, 128 + 2):  # killed, or stopped by a signal after a checkpoint
+        raise Interrupted(f"{cell.name}: dqn_redo.py was stopped by a signal ({code}); resuming")
+    outcome = {"cell": dataclasses.asdict(cell), "exit_code": code, "command": cmd}
+    if code != 0:
+        outcome["log_tail"] = (folder / "log.txt").read_text().splitlines()[-15:]
+    (folder / ("done.json" if code == 0 else "failed.json")).write_text(json.dumps(outcome, indent=1))
+    return outcome
+
+
+def steps_done(cell_dir: Path) -> int:
+    """Agent steps a cell has made, from the last progress line of its log."""
+    try:
+        with open(cell_dir / "log.txt", "rb") as log:
+            log.seek(max(0, log.seek(0, 2) - 4000))
+            found = re.findall(rb"step ([\d,]+)/", log.read())
+        return int(found[-1].replace(b",", b"")) if found else 0
+    except OSError:
+        return 0
+
+
+def extra_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Splits the command line at `--`: the sweep's own flags, and those passed to every dqn_redo.py."""
+    if "--" not in argv:
+        return argv, []
+    at = argv.index("--")
+    return argv[:at], argv[at + 1:]
+
+
+def total_steps(extra: list[str]) -> int:
+    flags = extra[extra.index("--total-timesteps") + 1] if "--total-timesteps" in extra else "2500000"
+    return int(flags.replace("_", "").replace(",", ""))
+
+
+def main(args: SweepArgs, extra: list[str]) -> int:
+    reserved = [flag for flag in extra if flag.split("=")[0] in RESERVED]
+    if reserved:
+        print(f"error: {reserved[0]} is set by the sweep for each cell; use --env-ids, --seeds, --replay-ratios, "
+              "--arms, --cpus-per-run or --gpus-per-run", file=sys.stderr)
+        return 2
+    if args.cpus_per_run < 1 or args.gpus_per_run < 0 or not (args.env_ids and args.seeds and args.replay_ratios
+                                                             and args.arms):
+        print("error: the grid is empty, or --cpus-per-run < 1 or --gpus-per-run < 0", file=sys.stderr)
+        return 2
+    import ray
+
+    out_dir = Path(args.out_dir)
+    cells = cells_of(args)
+    todo, skipped = [], {"done": 0, "failed": 0}
+    for cell in cells:
+        cell_dir = out_dir / cell.name
+        if (cell_dir / "done.json").exists():
+            skipped["done"] += 1
+        elif (cell_dir / "failed.json").exists() and not args.retry_failed:
+            skipped["failed"] += 1
+        else:
+            (cell_dir / "failed.json").unlink(missing_ok=True)
+            todo.append(cell)
+    print(f"sweep: {len(cells)} cells in {out_dir}: {skipped['done']} done, {skipped['failed']} failed earlier "
+          f"(--retry-failed to rerun), {len(todo)} to run")
+    if not todo:
+        return 1 if skipped["failed"] else 0
+
+    # On a cluster, every node must see this folder and --out-dir at the same paths (a shared file system).
+    ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, max_retries=args.max_retries,
+                        retry_exceptions=[Interrupted])(run_cell)
+    pending = {remote.remote(cell, str((out_dir / cell.name).resolve()), args, extra): cell for cell in todo}
+    goal = total_steps(extra)
+    failed, start, last_summary = skipped["failed"], time.time(), time.time()
+    first_steps = sum(steps_done(out_dir / cell.name) for cell in todo)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(args.summary_interval, 10.0))
+        for ref in ready:
+            cell = pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except Exception as error:  # retries used up
+                print(f"failed  {cell.name}: {type(error).__name__}: {str(error).splitlines()[-1][:300]}", flush=True)
+                failed += 1
+                continue
+            if outcome["exit_code"] == 0:
+                print(f"done    {cell.name}", flush=True)
+            else:
+                failed += 1
+                tail = "\n        ".join(outcome["log_tail"][-5:])
+                print(f"failed  {cell.name} (exit {outcome['exit_code']}):\n        {tail}", flush=True)
+        if time.time() - last_summary >= args.summary_interval or not pending:
+            last_summary = time.time()
+            steps = sum(steps_done(out_dir / cell.name) for cell in todo)
+            speed = (steps - first_steps) / max(time.time() - start, 1e-6)
+            left = len(todo) * goal - steps
+            eta = f"{left / speed / 3600:.1f} h" if speed > 0 else "?"
+            done = len(todo) - len(pending) - (failed - skipped["failed"])
+            print(f"summary: {skipped['done'] + done} done, {len(pending)} running or queued, {failed} failed | "
+                  f"{speed:.0f} agent steps/s in total | ETA {eta}", flush=True)
+    ray.shutdown()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    own, extra = extra_flags(sys.argv[1:])
+    sys.exit(main(tyro.cli(SweepArgs, args=own), extra))

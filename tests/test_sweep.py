@@ -1,0 +1,134 @@
+"""sweep.py on a local Ray instance, and plot.py --sweep against hand-computed statistics."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+import plot
+from sweep import Cell, SweepArgs, cells_of, extra_flags
+from test_dqn import ROOT
+
+TINY = ["--total-timesteps", "400", "--learning-starts", "300", "--buffer-size", "1000", "--redo-batch-size", "64",
+        "--redo-interval", "20", "--no-compile", "--checkpoint-interval", "100"]
+
+
+def sweep(out_dir: Path, *flags: str, extra=TINY, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "sweep.py"), "--out-dir", str(out_dir), "--summary-interval",
+                           "5", *flags, "--", *extra], capture_output=True, text=True, timeout=timeout,
+                          env=os.environ)
+
+
+def test_grid_and_folder_names_are_one_to_one():
+    args = SweepArgs(env_ids=["Pong-v4", "ALE/Breakout-v5"], seeds=[1, 2], replay_ratios=[0.25, 1.0],
+                     arms=["baseline", "redo"])
+    cells = cells_of(args)
+    assert len(cells) == 16 and len({cell.name for cell in cells}) == 16
+    assert Cell("ALE/Breakout-v5", 0.25, "redo", 2).name == "ALE-Breakout-v5__rr0.25__redo__s2"
+    assert extra_flags(["--seeds", "1", "--", "--total-timesteps", "5"]) == (["--seeds", "1"], ["--total-timesteps", "5"])
+
+
+@pytest.mark.slow
+def test_tiny_sweep_runs_skips_resumes_and_reports_failures(tmp_path):
+    """2 games x 2 seeds x 2 arms end to end; again (nothing to do); a cell killed mid-run resumes; a failing
+    cell is reported once and not retried."""
+    out = tmp_path / "sweep"
+    grid = ["--env-ids", "Pong-v4", "Breakout-v4", "--seeds", "1", "2", "--replay-ratios", "0.5"]
+    first = sweep(out, *grid)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    cells = sorted(path.name for path in out.iterdir())
+    assert len(cells) == 8 and all((out / cell / "done.json").exists() for cell in cells)
+    assert first.stdout.count("done    ") == 8 and "summary: 8 done, 0 running or queued, 0 failed" in first.stdout
+
+    again = sweep(out, *grid)
+    assert again.returncode == 0 and "8 done, 0 failed earlier" in again.stdout and "to run" in again.stdout
+    assert "0 to run" in again.stdout
+    mtimes = {p: p.stat().st_mtime for p in out.rglob("events.out.tfevents*")}
+    assert mtimes and all(p.stat().st_mtime == t for p, t in mtimes.items())  # nothing rerun or overwritten
+
+    # A cell whose process dies mid-run: the sweep is interrupted after its first checkpoint, then run again.
+    extra = [flag if flag != "400" else "3000" for flag in TINY]
+    process = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "--out-dir", str(out / "kill"), "--env-ids",
+                                "Pong-v4", "--seeds", "7", "--arms", "baseline", "--", *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cell_dir = out / "kill" / "Pong-v4__rr0.25__baseline__s7"
+    deadline = time.time() + 240
+    while not list(cell_dir.glob("runs/*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert list(cell_dir.glob("runs/*/checkpoint.pt")), process.kill() or process.stdout.read()[-3000:]
+    child = subprocess.run(["pgrep", "-f", f"dqn_redo.py.*--seed 7"], capture_output=True, text=True).stdout.split()
+    for pid in child:
+        os.kill(int(pid), signal.SIGKILL)  # the run dies at once, without a last checkpoint
+    finished = process.communicate(timeout=400)[0]
+    assert process.returncode == 0, finished[-3000:]
+    log = (cell_dir / "log.txt").read_text()
+    assert log.count("$ ") == 2 and "--resume" in log.split("$ ")[2] and "resuming" in log
+    assert (cell_dir / "done.json").exists()
+
+    failing = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo", extra=[*TINY, "--gamma",
+                                                                                                   "2"])
+    assert failing.returncode == 1 and "failed  Pong-v4__rr0.25__redo__s1 (exit 2)" in failing.stdout
+    assert "--gamma must be in [0, 1]" in failing.stdout
+    assert json.loads((out / "bad" / "Pong-v4__rr0.25__redo__s1" / "failed.json").read_text())["exit_code"] == 2
+    once_more = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo",
+                      extra=[*TINY, "--gamma", "2"])
+    assert once_more.returncode == 1 and "1 failed earlier" in once_more.stdout and "0 to run" in once_more.stdout
+
+
+def test_flags_the_sweep_sets_are_refused(tmp_path):
+    result = sweep(tmp_path, extra=["--seed", "3"], timeout=60)
+    assert result.returncode == 2 and "--seed is set by the sweep" in result.stderr
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def fake_run(folder: Path, env_id: str, redo: bool, returns: list[float], dormant: list[float]) -> None:
+    writer = SummaryWriter(str(folder))
+    table = "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in {
+        "env_id": env_id, "replay_ratio": 1.0, "enable_redo": redo, "redo_tau": 0.1}.items())
+    writer.add_text("hyperparameters", table, 0)
+    for i, (value, fraction) in enumerate(zip(returns, dormant)):
+        writer.add_scalar("charts/episodic_return", value, 1000 * (i + 1))
+        writer.add_scalar("dormant/tau=0.1/total", fraction, 1000 * (i + 1))
+    writer.close()
+
+
+def test_sweep_aggregation_matches_hand_computed_iqm_and_normalized_scores(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    games = {"Pong-v4": (-20.7, 14.6), "DemonAttack-v4": (152.1, 1971.0)}
+    finals = {}
+    for arm in ("baseline", "redo"):
+        for env_id, (random_score, human_score) in games.items():
+            for seed in range(4):
+                final = float(rng.uniform(random_score, human_score))
+                finals[(arm, env_id, seed)] = final
+                fake_run(tmp_path / f"{arm}_{env_id}_{seed}", env_id, arm == "redo", [random_score] * 9 + [final],
+                         [0.5] * 10)
+    plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "figures"), sweep=True, bins=10,
+                        bootstrap_samples=200))
+    out = capsys.readouterr().out
+    for arm, name in (("baseline", "DQN, RR 1"), ("redo", "DQN + ReDo (tau=0.1), RR 1")):
+        normalized = np.array([[(finals[(arm, env_id, seed)] - r) / (h - r) for env_id, (r, h) in sorted(games.items())]
+                               for seed in range(4)])  # (runs, games), games in sorted order as plot.py uses
+        flat = np.sort(normalized.flatten())  # 8 scores: the IQM is the mean of the middle 4
+        line = next(line for line in out.splitlines() if line.startswith(f"| {name} | 4 |"))
+        assert f"| {flat[2:6].mean():.3f} [" in line and f"| {normalized.mean():.3f} [" in line, line
+    assert (tmp_path / "figures" / "sweep_return.png").exists() and (tmp_path / "figures" / "sweep_dormant.png").exists()
+    pong = finals[("redo", "Pong-v4", 0)]
+    assert f"| Pong-v4 | DQN + ReDo (tau=0.1), RR 1 | 4 |" in out and f"{pong:.0f}" in out
+
+
+def test_a_game_without_reference_scores_is_a_clear_error(tmp_path, capsys):
+    fake_run(tmp_path / "a", "Tetris-v4", False, [1.0] * 3, [0.1] * 3)
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main(plot.Args(paths=[str(tmp_path)], sweep=True, bins=3, bootstrap_samples=50))
+    assert exit_info.value.code == 2
+    assert "no random/human reference score for Tetris-v4" in capsys.readouterr().err
