@@ -231,6 +231,29 @@ def human_normalized(score: np.ndarray, env_id: str) -> np.ndarray:
     return (score - random_score) / (human_score - random_score)
 
 
+def carried_forward(values: np.ndarray) -> np.ndarray:
+    """Each NaN (a window in which the run logged nothing, e.g. no game ended) takes the last value before it."""
+    filled = values.copy()
+    for i in range(1, len(filled)):
+        if np.isnan(filled[i]):
+            filled[i] = filled[i - 1]
+    return filled
+
+
+def final_scores(runs: list[Run], games: list[str], n_runs: int, fraction: float) -> dict[str, np.ndarray]:
+    """Per algorithm, (runs, games, 1) human-normalized scores: each run's mean return over its last ``fraction``
+    of agent steps (as in the per-game summary table)."""
+    groups: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        arm = f"DQN + ReDo (tau={run.redo_tau:g})" if run.redo else "DQN"
+        groups[f"{arm}, RR {run.replay_ratio:g}"][run.env_id].append(run)
+    return {algorithm: np.array([[human_normalized(final_value(run, "charts/episodic_return", fraction), env_id)
+                                  for env_id, run in zip(games, members)]
+                                 for members in zip(*[sorted(by_game[g], key=lambda r: r.path)[:n_runs]
+                                                      for g in games])])[..., None]
+            for algorithm, by_game in sorted(groups.items())}
+
+
 def sweep_arrays(runs: list[Run], tag: str, bins: int, normalize: bool) -> tuple[dict, list[str], np.ndarray, dict]:
     """Per algorithm (arm and replay ratio): an array (runs, games, bins) of the tag's values binned over agent
     steps, human-normalized if asked. Every algorithm gets the same games and, per game, the same number of
@@ -250,7 +273,7 @@ def sweep_arrays(runs: list[Run], tag: str, bins: int, normalize: bool) -> tuple
         per_game = []
         for env_id in games:
             members = sorted(by_game[env_id], key=lambda run: run.path)[:n_runs]
-            values = np.stack([binned(run, tag, edges) for run in members])  # (runs, bins)
+            values = np.stack([carried_forward(binned(run, tag, edges)) for run in members])  # (runs, bins)
             per_game.append(human_normalized(values, env_id) if normalize else values)
         arrays[algorithm] = np.stack(per_game, axis=1)  # (runs, games, bins)
         counts[algorithm] = {env_id: len(by_game[env_id]) for env_id in games}
@@ -309,8 +332,7 @@ def sweep_report(runs: list[Run], args: Args) -> str:
         fig.savefig(path, dpi=120)
         lines.append(f"wrote {path}")
         if tag == "charts/episodic_return":
-            final = {a: array[..., -max(1, int(round(args.final_fraction * args.bins))):].mean(axis=-1)[..., None]
-                     for a, array in arrays.items()}
+            final = final_scores(runs, games, next(iter(arrays.values())).shape[0], args.final_fraction)
             final_points, final_intervals = interval_estimates(final, args.bootstrap_samples)
             lines += ["", "| algorithm | runs per game | IQM HNS [95 % CI] | mean HNS [95 % CI] |", "|-|-|-|-|"]
             for algorithm in sorted(final):

@@ -110,7 +110,7 @@ def test_sweep_aggregation_matches_hand_computed_iqm_and_normalized_scores(tmp_p
             for seed in range(4):
                 final = float(rng.uniform(random_score, human_score))
                 finals[(arm, env_id, seed)] = final
-                fake_run(tmp_path / f"{arm}_{env_id}_{seed}", env_id, arm == "redo", [random_score] * 9 + [final],
+                fake_run(tmp_path / f"{arm}_{env_id}_{seed}", env_id, arm == "redo", [random_score] * 8 + [final, final],
                          [0.5] * 10)
     plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "figures"), sweep=True, bins=10,
                         bootstrap_samples=200))
