@@ -1,49 +1,36 @@
 """Score and recycle dormant neurons (ReDo).
 
-Implements the method of "The Dormant Neuron Phenomenon in Deep Reinforcement Learning"
-(Sokar, Agarwal, Castro, Evci, ICML 2023). Torch only; copy this file into your project.
+Implements "The Dormant Neuron Phenomenon in Deep Reinforcement Learning" (Sokar, Agarwal, Castro,
+Evci, ICML 2023). Torch only; copy this file into your project.
 
-A hidden neuron's score is its mean absolute activation (after the nonlinearity) on a batch of
-inputs, divided by the mean of that quantity over its layer (plus 1e-9), so scores average 1 within
-a layer. A neuron is tau-dormant when ``score <= tau``. A convolutional neuron is an output channel:
-its activation is averaged over the batch and all spatial positions.
-
-Recycling a dormant neuron re-draws its incoming weights from the layer's initializer, sets its
-bias to 0 and zeroes its outgoing weights in every layer that reads it, so that with ``tau=0`` the
-network's outputs do not change. The optimizer's per-parameter state (e.g. Adam's moments) is zeroed
-at exactly those entries; Adam's ``step`` is kept, so no other neuron's update size changes.
+A hidden neuron's score is its mean absolute activation (after the nonlinearity) on a batch, divided
+by the mean of that over its layer (plus 1e-9); it is tau-dormant when ``score <= tau``. A conv
+neuron is an output channel, averaged over the batch and all positions. Recycling re-draws a dormant
+neuron's incoming weights from the layer's initializer, sets its bias to 0 and zeroes its outgoing
+weights in every layer that reads it, so that with ``tau=0`` the outputs do not change; the
+optimizer's moments are zeroed at exactly those entries, and Adam's ``step`` is kept.
 
 Example::
 
     from redo import dormant_fractions, dormant_scores, recycle_dormant
 
-    states = replay.sample_states(256)              # a batch of inputs
     scores = dormant_scores(q_network, states)      # {"conv1": tensor([...]), ...}
     fractions = dormant_fractions(scores, tau=0.1)  # {"conv1": 0.03, ..., "total": 0.05}
-
     # after the gradient step, every F steps:
     result = recycle_dormant(q_network, optimizer, states, tau=0.1)
     result["recycled"]                              # {"conv1": 2, "conv2": 0, ...}
 
-How the network is read: one forward pass on the batch runs under a ``TorchFunctionMode`` that
-follows every tensor derived from a ``nn.Linear``/``nn.Conv2d`` output, element by element, to the
-layers that read it. So the graph is the one the forward pass really computes, whatever the order
-in which layers are registered or run. A layer whose output reaches no other Linear/Conv2d is an
-output layer (any number of them: Q-values, actor and critic heads, mean and log-std): never scored,
-never recycled. A hidden layer's activation is the tensor on which ``activation`` is applied; between
-it and the layers that read it may stand reshapes, flattens in any order, slicing, concatenation with
-other features, zero padding, max/avg pooling, dropout and scaling by a constant. Each reader's
-outgoing weights are then found exactly: the columns (or input channels) holding that neuron.
-
-What is not recycled, and why:
-
-- a layer whose output is added to another tensor (the residual stream of a ResNet): its channels are
-  written by several layers and read through the sum, so no set of weights belongs to one of them. It
-  is named in ``result["not_recyclable"]``; the other layers are recycled.
-- normalization (LayerNorm, BatchNorm, ...) between a layer and what reads it, a grouped convolution,
-  a layer run twice, a layer read without its activation, an activation that is also returned by the
-  model, or any other operation that mixes neurons: :func:`recycle_dormant` raises ``ValueError``
-  naming the layer and the reason, before anything is modified.
+The graph is read from one real forward pass, run under a ``TorchFunctionMode`` that follows every
+element of every ``nn.Linear``/``nn.Conv2d`` output to the layers that read it. A layer read by no
+other is an output layer (any number: Q-values, actor and critic heads): never scored or recycled. A
+hidden layer's activation is where ``activation`` is applied to it (recognized by value). Between it
+and its readers may stand reshapes, flattens in any order, slicing, concatenation, zero padding,
+max/avg pooling, dropout and scaling by a constant: each reader's columns (or input channels) that
+hold a neuron are found exactly. Writers of a residual stream (added to another layer's output) own
+no weights of their own channels: they are named in ``result["not_recyclable"]`` and left alone.
+Normalization between a layer and its readers, grouped convolutions, a layer run twice, a layer read
+without its activation, an activation also returned by the model, or any other operation that mixes
+neurons make :func:`recycle_dormant` raise ``ValueError`` naming the layer, before changing anything.
 """
 
 from __future__ import annotations
@@ -63,18 +50,16 @@ __all__ = ["dormant_scores", "dormant_fractions", "recycle_dormant"]
 _EPS = 1e-9
 _NONE = -1  # element ids: -1 holds no hidden neuron's value; otherwise 2 * neuron + (1 once activated)
 
-# Operations that move elements without changing them: applied to the element ids as to the data.
-_MOVES = {"reshape", "view", "flatten", "unflatten", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand",
-          "expand_as", "repeat", "movedim", "narrow", "select", "__getitem__", "cat", "concat", "concatenate",
-          "stack", "split", "chunk", "unbind", "contiguous", "clone", "detach", "float", "double", "half", "bfloat16",
-          "to", "type", "type_as", "pad"}
-# Element-wise operations that keep 0 at 0 and a neuron's values its own.
-_SCALINGS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "mul", "__mul__", "__rmul__",
-             "div", "__truediv__"}
-_POOLS = {"max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-          "adaptive_avg_pool1d", "adaptive_avg_pool2d", "max_pool2d_with_indices", "lp_pool2d"}
-_NORMS = {"layer_norm", "batch_norm", "group_norm", "instance_norm", "rms_norm", "local_response_norm"}
-_SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "__isub__", "sub_"}
+# Operations by name. Moves change where elements are, not their values: applied to the element ids as to the data.
+_MOVES = set("""reshape view flatten unflatten permute transpose t squeeze unsqueeze expand expand_as repeat movedim
+    narrow select __getitem__ cat concat concatenate stack split chunk unbind contiguous clone detach float double
+    half bfloat16 to type type_as pad""".split())
+_SCALINGS = set("dropout dropout1d dropout2d dropout3d feature_dropout mul __mul__ __rmul__ div __truediv__".split())
+_POOLS = set("""max_pool1d max_pool2d avg_pool1d avg_pool2d adaptive_max_pool1d adaptive_max_pool2d adaptive_avg_pool1d
+    adaptive_avg_pool2d max_pool2d_with_indices lp_pool2d""".split())
+_NORMS = set("layer_norm batch_norm group_norm instance_norm rms_norm local_response_norm".split())
+_SUMS = set("add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_".split())
+_KEEP_IDS = set("float double half bfloat16 to type type_as contiguous clone detach".split())  # same shape, same ids
 
 
 @dataclass
@@ -82,9 +67,9 @@ class _Layer:
     name: str
     module: nn.Module
     first_id: int  # neuron i of this layer has id first_id + i
-    output: Tensor | None = None
+    ran: bool = False
     abs_sum: Tensor | None = None  # sum of |activation| per neuron, where the activation is seen
-    count: Tensor | None = None
+    count: Tensor | None = None  # elements summed per neuron
     readers: dict[str, Tensor] = field(default_factory=dict)  # reader name -> element id per input column/channel
     problem: str | None = None  # why it cannot be recycled
     residual: bool = False
@@ -107,9 +92,11 @@ class _Tracer(TorchFunctionMode):
         next_id = 0
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                self.layers[id(module.weight)] = _Layer(name, module, next_id)
-                next_id += module.weight.shape[0]
-        self.by_first_id = sorted(self.layers.values(), key=lambda layer: layer.first_id)
+                size, device = module.weight.shape[0], module.weight.device
+                self.layers[id(module.weight)] = _Layer(name, module, next_id, abs_sum=torch.zeros(
+                    size, dtype=torch.double, device=device), count=torch.zeros(size, dtype=torch.long, device=device))
+                next_id += size
+        self.by_first_id = list(self.layers.values())
         self.ids: dict[int, tuple[Tensor, Tensor]] = {}  # id(tensor) -> (tensor, element ids); holds the tensor
         self.opaque: dict[int, tuple[Tensor, dict[str, str]]] = {}  # id(tensor) -> (tensor, {layer: reason})
         self.order: list[_Layer] = []
@@ -168,10 +155,7 @@ class _Tracer(TorchFunctionMode):
         if not any(isinstance(item, Tensor) for item in tree_flatten(result)[0]):
             return result  # a shape, a size, a bool: no data flows on
         n_opaque = sum(id(t) in self.opaque for t in tensors)
-        if name in _SUMS and len(tracked) + n_opaque >= 2:
-            for tensor in tracked:
-                for layer in self.layers_in(self.ids[id(tensor)][1]):
-                    layer.residual = True
+        if name in _SUMS and len(tracked) + n_opaque >= 2:  # a residual stream; read() flags its writers
             self.mark_opaque(result, tensors, "residual")
         elif n_opaque:
             self.mark_opaque(result, tensors, f"goes through {name}")
@@ -193,12 +177,12 @@ class _Tracer(TorchFunctionMode):
         return result
 
     def run_layer(self, func, layer: _Layer, args: tuple, kwargs: dict) -> Tensor:
-        if layer.output is not None:
+        if layer.ran:
             raise ValueError(f"layer '{layer.name}' runs more than once in a forward pass; dormant neurons are only "
                              "defined for layers that run once")
         x = args[0] if args else kwargs["input"]
         output = func(*args, **kwargs)
-        layer.output = output
+        layer.ran = True
         self.order.append(layer)
         self.read(layer, x)
         channel_dim = output.dim() - (3 if isinstance(layer.module, nn.Conv2d) else 1)
@@ -250,7 +234,7 @@ class _Tracer(TorchFunctionMode):
                 return torch.full_like(value, _NONE, dtype=torch.long)
             return value
 
-        if name in ("float", "double", "half", "bfloat16", "to", "type", "type_as", "contiguous", "clone", "detach"):
+        if name in _KEEP_IDS:
             moved = self.ids[id(tracked[0])][1]
         elif name == "pad":
             if kwargs.get("mode", args[2] if len(args) > 2 else "constant") != "constant" or (
@@ -293,11 +277,8 @@ class _Tracer(TorchFunctionMode):
         for layer in self.layers_in(ids):
             own = (neurons >= layer.first_id) & (neurons < layer.first_id + layer.size)
             index = neurons[own] - layer.first_id
-            abs_sum = torch.zeros(layer.size, dtype=torch.double, device=values.device)
-            abs_sum.index_add_(0, index, values[own])
-            count = torch.bincount(index, minlength=layer.size) * samples
-            layer.abs_sum = abs_sum if layer.abs_sum is None else layer.abs_sum + abs_sum
-            layer.count = count if layer.count is None else layer.count + count
+            layer.abs_sum.index_add_(0, index, values[own])
+            layer.count += torch.bincount(index, minlength=layer.size) * samples
         self.ids[id(result)] = (result, torch.where(pre, ids + 1, ids).expand(full_ids.shape))
 
     def finish(self, outputs: Any) -> None:
@@ -342,7 +323,7 @@ def _score(layer: _Layer) -> Tensor:
 
 
 def _scored(layer: _Layer) -> bool:
-    if layer.count is not None and bool((layer.count > 0).all()):
+    if bool((layer.count > 0).all()):
         return True
     if layer.residual and layer.problem is None:
         return False  # a residual-stream writer has no activation of its own
@@ -354,14 +335,12 @@ def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation:
                    forward: Callable | None = None) -> dict[str, Tensor]:
     """Scores every hidden neuron of ``model`` on the batch ``x``.
 
-    Runs the forward pass once, without recording gradients, and follows each ``nn.Linear`` and
-    ``nn.Conv2d`` output to where ``activation`` is applied to it (see the module docstring). The
-    score of neuron i is ``E|a_i| / (mean_k E|a_k| + 1e-9)``, ``a`` that activation, the mean taken
-    over the batch (and, for a convolution, over all spatial positions of channel i). Output layers,
-    read by no other layer, are not scored; nor are layers that only write into a residual stream
-    (no activation of their own). The train/eval mode is left as it is: call ``model.eval()``
-    first if it has dropout or batch norm; buffers such as batch norm's running statistics are
-    restored after the pass.
+    Runs the forward pass once, without gradients, following each Linear/Conv2d output to where
+    ``activation`` is applied to it (see the module docstring). Neuron i scores
+    ``E|a_i| / (mean_k E|a_k| + 1e-9)``, ``a`` that activation, averaged over the batch (and a
+    channel's positions). Output layers are not scored, nor residual-stream writers without an
+    activation of their own. The train/eval mode is left alone (call ``model.eval()`` first if it
+    has dropout or batch norm); buffers such as batch norm's statistics are restored.
 
     Args:
         model: the network. Each of its Linear/Conv2d layers runs at most once per forward pass.
@@ -427,38 +406,32 @@ def recycle_dormant(
 ) -> dict[str, dict]:
     """Recycles the tau-dormant neurons of ``model``, scored on ``x``, in place.
 
-    For every hidden neuron with ``score <= tau`` (see :func:`dormant_scores`): its incoming
-    weights are re-drawn with ``init_fn`` and its bias is set to 0; then its outgoing weights are set
-    to 0 in every layer that reads it (the columns of a Linear, or the input channel of a Conv2d,
-    that hold its activation, wherever a flatten, concatenation or padding put them). All re-draws
-    happen before any zeroing, so a weight between two recycled neurons ends at 0. Parameters stay
-    the same tensor objects.
-
-    In ``optimizer.state[param]`` of every edited parameter, each tensor with the parameter's shape
-    (Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, SGD's ``momentum_buffer``, RMSprop's
-    ``square_avg``, ...) is zeroed at exactly the edited entries; the rest of the state is left
-    untouched. Layers with no dormant neuron, and their optimizer state, are not touched at all.
+    For every hidden neuron with ``score <= tau`` (see :func:`dormant_scores`): its incoming weights
+    are re-drawn with ``init_fn`` and its bias set to 0; then its outgoing weights are set to 0 in
+    every layer that reads it (the columns of a Linear, or the input channel of a Conv2d, that hold
+    its activation). All re-draws come before any zeroing, so a weight between two recycled neurons
+    ends at 0. Parameters stay the same tensor objects. In ``optimizer.state[param]`` of every edited
+    parameter, each tensor shaped like the parameter (Adam's moments, SGD's momentum, ...) is zeroed
+    at exactly the edited entries; nothing else is touched, and layers without a dormant neuron not
+    at all.
 
     Args:
         model: the network; its graph is read from this forward pass (see the module docstring).
         optimizer: the model's optimizer, or None. State is looked up by parameter object.
-        x: the batch to score on, e.g. states sampled uniformly from the replay buffer, or a
-            tuple of batches passed as ``forward(*x)``.
+        x: the batch to score on, or a tuple of batches passed as ``forward(*x)``.
         tau: dormancy threshold, >= 0. With 0 the outputs on ``x`` are unchanged.
         activation: the nonlinearity that follows each hidden layer.
-        init_fn: an in-place initializer called on a new tensor shaped like a layer's weight, e.g.
-            ``nn.init.xavier_uniform_``; the rows of the recycled neurons are copied from it. It
-            must be the initializer the network was built with. Default: PyTorch's own default for
-            Linear and Conv2d, ``kaiming_uniform_(w, a=sqrt(5))``.
-        reset_optimizer_step: also set the ``step`` count of every edited parameter to 0. This
-            restarts Adam's bias correction for the **whole** tensor, which rescales the updates of
-            every neuron of the layer, not only the recycled ones. Off by default, as in the
-            authors' code.
+        init_fn: an in-place initializer for a tensor shaped like a layer's weight, e.g.
+            ``nn.init.xavier_uniform_``: the one the network was built with. Default: PyTorch's
+            default for Linear and Conv2d, ``kaiming_uniform_(w, a=sqrt(5))``.
+        reset_optimizer_step: also set ``step`` of every edited parameter to 0. This restarts Adam's
+            bias correction for the **whole** tensor, rescaling every neuron's updates, not only the
+            recycled ones'. Off by default, as in the authors' code.
         forward: what to call instead of ``model``, as in :func:`dormant_scores`.
 
     Returns:
         ``{"recycled": {layer: neurons recycled}, "scores": {layer: scores before recycling},
-        "not_recyclable": {layer: reason}}``; the last lists the residual-stream writers left alone.
+        "not_recyclable": {layer: reason}}`` (the last: residual-stream writers, left alone).
 
     Raises:
         ValueError: ``tau < 0``, or a hidden layer cannot be recycled exactly (names the layer and
@@ -506,8 +479,7 @@ def recycle_dormant(
 
     return {
         "recycled": {layer.name: int(masks[layer.name].sum()) for layer in recyclable},
-        "scores": {layer.name: _score(layer) for layer in hidden if layer.count is not None and
-                   bool((layer.count > 0).all())},
+        "scores": {layer.name: _score(layer) for layer in hidden if bool((layer.count > 0).all())},
         "not_recyclable": {layer.name: f"'{layer.name}' writes into a residual stream (added to another layer's "
                            "output), so no weights belong to one of its channels" for layer in hidden
                            if layer.residual},
