@@ -49,18 +49,18 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert len(expected["losses/td_loss"]) == 20 and len(expected["redo/recycled/total"]) == 10
 
 
-def test_sigint_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path, signum):
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "dqn_redo.py"), *SMALL, "--total-timesteps", "100000", "--checkpoint-interval", "0"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (tmp_path / "runs").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(6)  # into training
-    process.send_signal(signal.SIGINT)
+        [sys.executable, str(ROOT / "dqn_redo.py"), *SMALL, "--total-timesteps", "100000", "--checkpoint-interval",
+         "250"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("runs/*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.2)  # the first checkpoint, at step 250, is past the 200 warm-up steps: training has begun
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGINT, err[-2000:]
-    assert "SIGINT: finishing this step" in err and "continue with: python dqn_redo.py --resume" in err
+    assert process.returncode == 128 + signum, err[-2000:]
+    assert f"{signal.Signals(signum).name}: finishing this step" in err and "continue with: python dqn_redo.py --resume" in err
     assert "Traceback" not in err
     run_dir = only_run(tmp_path)
     checkpoint, error = load_checkpoint(str(run_dir))

@@ -145,6 +145,7 @@ def test_replay_ratio_schedule_is_exact(ratio):
         per_step.append(due - done)
         done = due
     assert done == round(1000 * ratio)
+    assert all(gradient_steps_due(k, fraction) == math.floor(k * ratio + 1e-9) for k in range(1, 5001))
     if ratio == 0.25:
         assert [i + 1 for i, n in enumerate(per_step) if n] [:3] == [4, 8, 12]
     if ratio == 2.0:

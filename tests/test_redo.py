@@ -118,13 +118,17 @@ def test_fractions_are_inclusive_per_layer_and_pooled():
     assert dormant_fractions(scores, 0.0) == {"a": 0.25, "b": 0.0, "total": 1 / 6}
 
 
-def test_scoring_leaves_mode_grad_and_hooks_alone():
+@pytest.mark.parametrize("training", [True, False])
+def test_scoring_leaves_the_mode_alone_and_records_no_graph(training):
     model, x = Wrapped(nature_cnn()), frames(8)
-    model.eval()
-    dormant_scores(model, x)
-    assert not model.training
-    assert all(p.grad is None for p in model.parameters())
-    assert all(not m._forward_hooks for m in model.modules())
+    model.train(training)
+    grad_mode_in_forward = []
+    model.register_forward_pre_hook(lambda module, args: grad_mode_in_forward.append(torch.is_grad_enabled()))
+    scores = dormant_scores(model, x)
+    assert grad_mode_in_forward == [False]  # the scoring pass builds no autograd graph
+    assert all(m.training == training for m in model.modules())
+    assert all(not s.requires_grad and s.grad_fn is None for s in scores.values())
+    assert torch.is_grad_enabled() and all(p.grad is None for p in model.parameters())
 
 
 def test_tracing_ends_when_forward_raises():
@@ -241,6 +245,21 @@ def test_custom_init_fn_is_used():
     recycle_dormant(mlp, None, torch.randn(16, 300), tau=0.0, init_fn=lambda w: nn.init.normal_(w, std=0.5))
     assert mlp[0].weight[:256].std().item() == pytest.approx(0.5, rel=0.02)
     assert mlp[0].weight[256:].abs().max() <= 1 / math.sqrt(300)  # untouched rows
+
+
+def test_redrawn_rows_are_those_of_one_fresh_draw_of_the_default_init():
+    """The exact values: the recycled rows of a tensor drawn by PyTorch's default initializer from the same seed."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 1))
+    dormant, kept = list(range(0, 64, 3)), [i for i in range(64) if i % 3]
+    force_dormant(mlp, "0", dormant)
+    before, x = mlp[0].weight.detach().clone(), torch.randn(16, 40)
+    torch.manual_seed(11)
+    recycle_dormant(mlp, None, x, tau=0.0)
+    torch.manual_seed(11)
+    expected = nn.init.kaiming_uniform_(torch.empty(64, 40), a=math.sqrt(5))
+    assert torch.equal(mlp[0].weight[dormant], expected[dormant])
+    assert torch.equal(mlp[0].weight[kept], before[kept])
 
 
 @pytest.mark.parametrize("make_optimizer, moments", [
