@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ import torch
 import dqn_redo
 from dqn_redo import Args, env_state, load_checkpoint, make_env, restore_env_state, save_checkpoint
 from test_dqn import ROOT, only_run, run_script, scalars
+
+shutil_usage = namedtuple("usage", "total used free")
 
 SMALL = ["--learning-starts", "200", "--buffer-size", "1000", "--replay-ratio", "0.5", "--redo-interval", "20",
          "--log-interval", "10", "--enable-redo", "--no-compile", "--checkpoint-buffer", "--seed", "4",
@@ -72,12 +75,14 @@ def test_a_signal_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path, signum
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    # No log or ReDo check before step 400: the divergence is first seen by the periodic checkpoint there,
+    # which must not be written; the step-200 one (warm-up, before any update) stays the newest.
     result = run_script(tmp_path, *SMALL, "--learning-rate", "1e30", "--total-timesteps", "2000",
-                        "--checkpoint-interval", "200", "--log-interval", "5")
+                        "--checkpoint-interval", "200", "--log-interval", "10000", "--redo-interval", "10000")
     assert result.returncode == 3
-    assert "NaN or infinite at gradient step" in result.stderr
+    assert "NaN or infinite at gradient step" in result.stderr and "(detected at agent step 399)" in result.stderr
     checkpoint, error = load_checkpoint(str(only_run(tmp_path)))
-    assert error is None and checkpoint["global_step"] == 200  # written in warm-up, before the first update
+    assert error is None and checkpoint["global_step"] == 200
     assert all(torch.isfinite(p).all() for p in checkpoint["q_network"].values())
 
 
@@ -110,6 +115,16 @@ def test_disk_error_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys)
     assert "No space left on device" in capsys.readouterr().err
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
+
+
+def test_a_replay_larger_than_the_free_disk_space_is_not_written(tmp_path, monkeypatch, capsys):
+    assert save_checkpoint({"global_step": 1}, str(tmp_path))
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(dqn_redo.shutil, "disk_usage", lambda path: shutil_usage(total=10**12, used=10**12, free=10))
+    buffer = {"frames": torch.zeros(1000, dtype=torch.uint8)}
+    assert not save_checkpoint({"global_step": 2, "buffer": buffer}, str(tmp_path))
+    assert "the replay buffer needs 0.0 GiB and the disk has 0.0 GiB free" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good and sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
 
 
 @pytest.mark.parametrize("env_id", ["DemonAttack-v4", "ALE/DemonAttack-v5"])

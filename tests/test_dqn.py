@@ -191,3 +191,37 @@ def test_bad_input_from_the_command_line(tmp_path):
     result = run_script(tmp_path, "--redo-tau", "-1", timeout=60)
     assert result.returncode == 2 and "--redo-tau must be >= 0" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+class Recorder:
+    """A stand-in for SummaryWriter that keeps what is logged."""
+
+    def __init__(self):
+        self.scalars: dict[str, float] = {}
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars[tag] = value
+
+
+def test_with_redo_the_dormant_fractions_logged_are_those_before_the_recycling():
+    from dqn_redo import FrameReplayBuffer, check_dormant
+    from redo import dormant_fractions, dormant_scores
+
+    torch.manual_seed(0)
+    args = Args(redo_batch_size=32, redo_tau=0.1)
+    q_network = QNetwork(6)
+    with torch.no_grad():
+        q_network.fc1.bias[:100] = -1e3  # a fifth of fc1 dormant
+    rb = FrameReplayBuffer(100, 4, (84, 84), torch.device("cpu"), np.random.default_rng(0))
+    frames = np.random.default_rng(1).integers(0, 256, (60, 84, 84), dtype=np.uint8)
+    for t in range(56):
+        rb.add(frames[t:t + 4], 0, 0.0, frames[t + 1:t + 5], False, False)
+    states = FrameReplayBuffer.sample(rb, 32).obs  # what check_dormant will draw, from the same RNG state
+    rb.rng = np.random.default_rng(0)
+    before = dormant_fractions(dormant_scores(q_network, states), 0.1)
+    writer = Recorder()
+    logged = check_dormant(q_network, torch.optim.Adam(q_network.parameters()), rb, args, writer, 5, recycle=True)
+    after = dormant_fractions(dormant_scores(q_network, states), 0.1)
+    assert writer.scalars["redo/recycled/fc1"] >= 100
+    assert logged == before["total"] == writer.scalars["dormant/tau=0.1/total"] > after["total"]
+    assert writer.scalars["dormant/tau=0.1/fc1"] == before["fc1"] >= 100 / 512
