@@ -74,6 +74,24 @@ def test_a_signal_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path, signum
     assert f"at step {step:,}" in resumed.stdout
 
 
+def test_a_second_signal_exits_at_once_without_a_checkpoint(tmp_path):
+    big = [flag if flag != "1000" else "200000" for flag in SMALL]  # a 1.4 GB replay: a checkpoint takes seconds
+    process = subprocess.Popen([sys.executable, str(ROOT / "dqn_redo.py"), *big, "--total-timesteps", "100000",
+                                "--checkpoint-interval", "100"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("runs/*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.1)  # the loop runs: the signal handlers are in place
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # inside the checkpoint the first signal asked for
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert "SIGINT again: exiting now, without a checkpoint" in err
+    checkpoint, error = load_checkpoint(str(only_run(tmp_path)))  # the last complete one, intact
+    assert error is None and checkpoint["global_step"] % 100 == 0
+
+
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # No log or ReDo check before step 400: the divergence is first seen by the periodic checkpoint there,
     # which must not be written; the step-200 one (warm-up, before any update) stays the newest.

@@ -225,3 +225,19 @@ def test_with_redo_the_dormant_fractions_logged_are_those_before_the_recycling()
     assert writer.scalars["redo/recycled/fc1"] >= 100
     assert logged == before["total"] == writer.scalars["dormant/tau=0.1/total"] > after["total"]
     assert writer.scalars["dormant/tau=0.1/fc1"] == before["fc1"] >= 100 / 512
+
+
+def test_evaluation_plays_full_games_at_the_eval_epsilon(monkeypatch):
+    import dqn_redo
+
+    epsilons = []
+
+    def recording_act(q_network, obs, epsilon, rng, device):
+        epsilons.append(epsilon)
+        return 0
+
+    monkeypatch.setattr(dqn_redo, "act", recording_act)
+    args = Args(env_id="Pong-v4", eval_episodes=1, terminal_on_life_loss=True)  # evaluation ignores it: full games
+    returns = dqn_redo.evaluate(QNetwork(6), args, torch.device("cpu"))
+    assert len(returns) == 1 and returns[0] == -21  # a whole game of Pong lost 0-21, not one point
+    assert set(epsilons) == {0.001} and len(epsilons) > 500

@@ -161,7 +161,7 @@ def test_real_game_frames_are_returned_bit_identical():
         check_samples(buffer, reference, 64)
 
 
-def test_memory_per_transition_and_no_growth():
+def test_memory_per_transition_and_arrays_allocated_once():
     capacity = 20_000
     buffer = FrameReplayBuffer(capacity, STACK, (84, 84), torch.device("cpu"), np.random.default_rng(0))
     arrays = [buffer.frames, buffer.actions, buffer.rewards, buffer.terminated, buffer.has_transition, buffer.offset]
