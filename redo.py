@@ -20,17 +20,14 @@ Example::
     result = recycle_dormant(q_network, optimizer, states, tau=0.1)
     result["recycled"]                              # {"conv1": 2, "conv2": 0, ...}
 
-The graph is read from one real forward pass, run under a ``TorchFunctionMode`` that follows every
-element of every ``nn.Linear``/``nn.Conv2d`` output to the layers that read it. A layer read by no
-other is an output layer (any number: Q-values, actor and critic heads): never scored or recycled. A
-hidden layer's activation is where ``activation`` is applied to it (recognized by value). Between it
-and its readers may stand reshapes, flattens in any order, slicing, concatenation, zero padding,
-max/avg pooling, dropout and scaling by a constant: each reader's columns (or input channels) that
-hold a neuron are found exactly. Writers of a residual stream (added to another layer's output) own
-no weights of their own channels: they are named in ``result["not_recyclable"]`` and left alone.
-Normalization between a layer and its readers, grouped convolutions, a layer run twice, a layer read
-without its activation, an activation also returned by the model, or any other operation that mixes
-neurons make :func:`recycle_dormant` raise ``ValueError`` naming the layer, before changing anything.
+The graph is read from one real forward pass under a ``TorchFunctionMode`` that follows every element
+of every ``nn.Linear``/``nn.Conv2d`` output to the layers that read it: through reshapes, flattens in
+any order, slicing, concatenation, zero padding, pooling, dropout and scaling, each reader's columns
+(or input channels) that hold a neuron are found exactly. Layers read by no other are output layers
+(any number): never scored or recycled. Residual-stream writers are named in
+``result["not_recyclable"]`` and left alone; whatever else cannot be recycled exactly (normalization,
+a grouped convolution, a layer run twice, a neuron-mixing operation) raises ``ValueError`` naming the
+layer, before anything changes. See the README for the supported architectures.
 """
 
 from __future__ import annotations
@@ -406,14 +403,12 @@ def recycle_dormant(
 ) -> dict[str, dict]:
     """Recycles the tau-dormant neurons of ``model``, scored on ``x``, in place.
 
-    For every hidden neuron with ``score <= tau`` (see :func:`dormant_scores`): its incoming weights
-    are re-drawn with ``init_fn`` and its bias set to 0; then its outgoing weights are set to 0 in
-    every layer that reads it (the columns of a Linear, or the input channel of a Conv2d, that hold
-    its activation). All re-draws come before any zeroing, so a weight between two recycled neurons
-    ends at 0. Parameters stay the same tensor objects. In ``optimizer.state[param]`` of every edited
-    parameter, each tensor shaped like the parameter (Adam's moments, SGD's momentum, ...) is zeroed
-    at exactly the edited entries; nothing else is touched, and layers without a dormant neuron not
-    at all.
+    Every hidden neuron with ``score <= tau`` (see :func:`dormant_scores`) gets its incoming weights
+    re-drawn with ``init_fn`` and its bias set to 0; then its outgoing weights (the columns, or input
+    channels, of every reader that hold it) are set to 0, after all re-draws, so a weight between two
+    recycled neurons ends at 0. Parameters stay the same tensor objects. Each optimizer state tensor
+    shaped like an edited parameter (Adam's moments, SGD's momentum, ...) is zeroed at exactly the
+    edited entries; nothing else is touched.
 
     Args:
         model: the network; its graph is read from this forward pass (see the module docstring).
