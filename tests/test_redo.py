@@ -116,6 +116,8 @@ def test_fractions_are_inclusive_per_layer_and_pooled():
     scores = {"a": torch.tensor([0.0, 0.1, 0.2, 3.7]), "b": torch.tensor([0.1, 1.9])}
     assert dormant_fractions(scores, 0.1) == {"a": 0.5, "b": 0.5, "total": 0.5}
     assert dormant_fractions(scores, 0.0) == {"a": 0.25, "b": 0.0, "total": 1 / 6}
+    assert dormant_fractions({"a": torch.tensor([0.0])}, 0.0) == {"a": 1.0, "total": 1.0}
+    assert dormant_fractions({}, 0.1) == {"total": 0.0}
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -343,6 +345,18 @@ def test_mlp_critic_with_adamw():
     train_steps(critic, optimizer, batch)  # the optimizer still works
 
 
+def test_reset_optimizer_step_sets_a_plain_step_count_to_zero():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    for p in mlp.parameters():  # an optimizer that counts steps in a plain int
+        optimizer.state[p] = {"step": 7, "buffer": torch.ones_like(p)}
+    force_dormant(mlp, "0", [3])
+    recycle_dormant(mlp, optimizer, torch.rand(32, 8), tau=0.0, reset_optimizer_step=True)
+    steps = [optimizer.state[p]["step"] for p in mlp.parameters()]
+    assert steps == [0, 0, 0, 7] and all(type(step) is int for step in steps)  # edited: fc0 weight, bias, fc2 weight
+
+
 def test_nothing_dormant_changes_nothing():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
@@ -390,6 +404,21 @@ class BatchNormed(nn.Module):
         return self.out(F.relu(self.norm(self.conv(x))).flatten(1))
 
 
+class ReflectPadded(nn.Module):
+    def __init__(self, mode: str = "reflect", value: float = 0.0):
+        super().__init__()
+        self.mode, self.value = mode, value
+        self.conv, self.conv2, self.out = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        if self.mode == "constant":
+            h = F.pad(h, (1, 1, 1, 1), value=self.value)
+        else:
+            h = F.pad(h, (1, 1, 1, 1), mode=self.mode)
+        return self.out(F.relu(self.conv2(h)).flatten(1))
+
+
 class TanhNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -432,6 +461,8 @@ class GroupedReader(nn.Module):
     (LayerNormed, torch.randn(32, 8), "'inp' is followed by layer_norm"),
     (BatchNormed, torch.randn(32, 2, 8, 8), "'conv' is followed by batch_norm"),
     (TanhNet, torch.randn(32, 8), "'inp' goes through tanh"),
+    (ReflectPadded, torch.randn(32, 2, 8, 8), "'conv' goes through a padding other than zeros"),
+    (lambda: ReflectPadded("constant", 1.0), torch.randn(32, 2, 8, 8), "'conv' goes through a padding other than"),
     (Gated, torch.randn(32, 8), "'inp' goes through mul"),
     (ReturnsFeatures, torch.randn(32, 8), "'inp' is read by other layers and is also part of the model's output"),
     (GroupedReader, torch.randn(32, 2, 8, 8), "'grouped'"),
@@ -442,7 +473,7 @@ def test_unsupported_architecture_raises_before_any_change(make_model, x, culpri
     optimizer = torch.optim.Adam(model.parameters())
     train_steps(model, optimizer, x)
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and module is not model.out:
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and module is not model.out and module.bias is not None:
             with torch.no_grad():
                 module.bias[0] = -1e6  # something to recycle everywhere
     before = snapshot(model, optimizer)
