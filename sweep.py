@@ -92,10 +92,9 @@ def command(cell: Cell, cell_dir: Path, args: SweepArgs, extra: list[str]) -> li
              "--checkpoint-buffer", "--cuda" if args.gpus_per_run > 0 else "--no-cuda"]
     if cell.arm == "redo":
         flags.append("--enable-redo")
-    if run is not None:  # killed before its first checkpoint: start over in a clean folder
-        for path in sorted(run.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        run.rmdir()
+    if run is not None:  # killed before its first checkpoint: start over, keeping its logs aside
+        (cell_dir / "aborted").mkdir(exist_ok=True)
+        run.rename(cell_dir / "aborted" / f"{run.name}.{int(time.time())}")
     return [sys.executable, str(ROOT / "dqn_redo.py"), *flags, *extra]
 
 

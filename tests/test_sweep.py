@@ -132,3 +132,20 @@ def test_a_game_without_reference_scores_is_a_clear_error(tmp_path, capsys):
         plot.main(plot.Args(paths=[str(tmp_path)], sweep=True, bins=3, bootstrap_samples=50))
     assert exit_info.value.code == 2
     assert "no random/human reference score for Tetris-v4" in capsys.readouterr().err
+
+
+def test_a_cell_killed_before_its_first_checkpoint_starts_over_and_keeps_its_logs(tmp_path):
+    from sweep import command
+
+    partial = tmp_path / "runs" / "Pong-v4__rr0.25_redo__1__123"
+    partial.mkdir(parents=True)
+    (partial / "events.out.tfevents.1").write_text("partial")
+    cmd = command(Cell("Pong-v4", 0.25, "redo", 1), tmp_path, SweepArgs(), ["--total-timesteps", "400"])
+    assert "--resume" not in cmd and "--enable-redo" in cmd and cmd[-2:] == ["--total-timesteps", "400"]
+    assert not list((tmp_path / "runs").iterdir())
+    (kept,) = (tmp_path / "aborted").iterdir()
+    assert (kept / "events.out.tfevents.1").read_text() == "partial"
+    (tmp_path / "runs" / "resumable").mkdir()
+    (tmp_path / "runs" / "resumable" / "checkpoint.prev.pt").write_text("")
+    assert command(Cell("Pong-v4", 0.25, "redo", 1), tmp_path, SweepArgs(), [])[2:4] == ["--resume", str(
+        (tmp_path / "runs" / "resumable").resolve())]
