@@ -83,25 +83,17 @@ def test_matches_naive_reference_through_many_wraparounds(seed, capacity, max_le
 
 
 def expected_stored_ids(reference, capacity: int) -> set[int]:
-    """Independent model: an episode of L transitions takes L + 1 frame slots, written in order. A
-    transition is stored when its next frame and its whole observation stack are in the last
-    `capacity` slots."""
-    slots = []  # (transition id or None, position in episode) per written frame
-    episode_open = False
-    for i, (_, _, _, terminated, truncated) in enumerate(reference):
-        if not episode_open:
-            slots.append([None, 0])
-            episode_open = True
-        slots[-1][0] = i
-        slots.append([None, slots[-1][1] + 1])
-        if terminated or truncated:
-            episode_open = False
-    oldest = len(slots) - capacity
-    return {
-        transition
-        for s, (transition, position) in enumerate(slots)
-        if transition is not None and s - min(STACK - 1, position) >= oldest
-    }
+    """The capacity contract, from the frames' contents alone: the buffer keeps the newest `capacity`
+    distinct frames, and a transition is stored when every frame of its obs and next_obs is among them.
+    (Stream frames are random 5x6 arrays, so distinct contents are distinct frames.)"""
+    order: dict[bytes, int] = {}  # frame bytes -> rank in the order frames first appear
+    needs = []
+    for obs, _, next_obs, _, _ in reference:
+        for frame in (*obs, next_obs[-1]):
+            order.setdefault(frame.tobytes(), len(order))
+        needs.append(min(order[frame.tobytes()] for frame in (*obs, next_obs[-1])))
+    oldest_kept = len(order) - capacity
+    return {i for i, oldest_needed in enumerate(needs) if oldest_needed >= oldest_kept}
 
 
 def test_reset_padding_and_truncation_final_observation():
