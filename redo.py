@@ -26,7 +26,7 @@ any order, slicing, concatenation, zero padding, pooling, dropout and scaling, e
 (or input channels) that hold a neuron are found exactly. Layers read by no other are output layers
 (any number): never scored or recycled. Residual-stream writers are named in
 ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled exactly (normalization,
-a grouped convolution, a layer run twice, a neuron-mixing operation) raises ``ValueError`` naming the
+a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing operation) raises ``ValueError`` naming the
 layer, before anything changes. See the README for the supported architectures.
 """
 
@@ -145,9 +145,7 @@ class _Tracer(TorchFunctionMode):
         name = getattr(func, "__name__", str(func))
         pre_activation = None
         if name not in _MOVES | _SCALINGS | _POOLS | _NORMS | _SUMS and len(tracked) == 1 and tensors[0] is tracked[0]:
-            ids = _one_sample(self.ids[id(tracked[0])][1])
-            if ((ids >= 0) & (ids % 2 == 0)).any():
-                pre_activation = self.activation(tracked[0])  # before func, which may work in place
+            pre_activation = self.activation(tracked[0])  # before func, which may work in place
         result = func(*args, **kwargs)
         if not any(isinstance(item, Tensor) for item in tree_flatten(result)[0]):
             return result  # a shape, a size, a bool: no data flows on
@@ -161,7 +159,7 @@ class _Tracer(TorchFunctionMode):
         elif name in _SCALINGS and len(tracked) == 1 and all(t is tracked[0] or t.numel() == 1 for t in tensors):
             self.ids[id(result)] = (result, self.ids[id(tracked[0])][1])
         elif name in _POOLS and len(tracked) == 1:
-            self.pool(result, tracked[0])
+            self.pool(result, tracked[0], pooled_dims=1 if "1d" in name else 2)
         elif name in _NORMS:
             for layer in self.layers_in(self.ids[id(tracked[0])][1]):
                 layer.fail(f"'{layer.name}' is followed by {name}, which mixes the layer's neurons, so recycling "
@@ -254,15 +252,16 @@ class _Tracer(TorchFunctionMode):
             if isinstance(item, Tensor) and isinstance(item_ids, Tensor) and item.shape == item_ids.shape:
                 self.ids[id(item)] = (item, item_ids)
 
-    def pool(self, result: Any, x: Tensor) -> None:
+    def pool(self, result: Any, x: Tensor, pooled_dims: int) -> None:
         ids = self.ids[id(x)][1]
-        flat = ids.reshape(*ids.shape[:-2], -1)
-        channel_ids = flat.amax(dim=-1, keepdim=True)
-        if ((flat != channel_ids) & (flat != _NONE)).any():
+        flat = ids.reshape(*ids.shape[:-pooled_dims], -1)
+        channel_ids = flat.amax(dim=-1)
+        if ((flat != channel_ids[..., None]) & (flat != _NONE)).any():
             self.mark_opaque(result, [x], "is pooled across neurons")
             return
+        pooled_ids = channel_ids.reshape(*channel_ids.shape, *[1] * pooled_dims)
         for item in tree_flatten(result)[0][:1]:  # the pooled values, not max_pool's indices
-            self.ids[id(item)] = (item, channel_ids[..., None].expand(item.shape))
+            self.ids[id(item)] = (item, pooled_ids.expand(item.shape))
 
     def activate(self, result: Tensor, x: Tensor) -> None:
         full_ids, abs_values = self.ids[id(x)][1], result.detach().abs()
@@ -438,8 +437,6 @@ def recycle_dormant(
     hidden = _trace(model, x, activation, forward)
     by_name = {layer.name: layer for layer in hidden}
     for layer in hidden:
-        if isinstance(layer.module, nn.Conv2d) and layer.module.groups != 1:
-            layer.fail(f"'{layer.name}' is a grouped convolution (groups={layer.module.groups})")
         if layer.problem is not None:
             raise ValueError(f"cannot recycle: {layer.problem}")
     recyclable = [layer for layer in hidden if _scored(layer) and not layer.residual]

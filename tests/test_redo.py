@@ -405,18 +405,59 @@ class BatchNormed(nn.Module):
 
 
 class ReflectPadded(nn.Module):
-    def __init__(self, mode: str = "reflect", value: float = 0.0):
+    """A pad other than zeros, its mode and value given by keyword or by position."""
+
+    def __init__(self, mode: str = "reflect", value: float = 0.0, positional: bool = False):
         super().__init__()
-        self.mode, self.value = mode, value
+        self.mode, self.value, self.positional = mode, value, positional
         self.conv, self.conv2, self.out = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4 * 6 * 6, 2)
 
     def forward(self, x):
         h = F.relu(self.conv(x))
-        if self.mode == "constant":
+        if self.positional:
+            arguments = (self.mode, self.value) if self.mode == "constant" else (self.mode,)
+            h = F.pad(h, (1, 1, 1, 1), *arguments)
+        elif self.mode == "constant":
             h = F.pad(h, (1, 1, 1, 1), value=self.value)
         else:
             h = F.pad(h, (1, 1, 1, 1), mode=self.mode)
         return self.out(F.relu(self.conv2(h)).flatten(1))
+
+
+class PooledAcrossNeurons(nn.Module):
+    """A max-pool over the feature axis: each pooled value comes from two neurons."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(F.max_pool1d(F.relu(self.inp(x)).unsqueeze(1), 2).squeeze(1))
+
+
+class PartlyUnused(nn.Module):
+    """Half of a hidden layer's neurons are never used: they have no activation to score."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(F.relu(self.inp(x)[:, :8]))
+
+
+class StackedOnTheBatch(nn.Module):
+    """Two layers' outputs concatenated along the batch, then padded: a channel holds a different neuron in
+    each half of the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.conv = nn.Conv2d(2, 4, 3), nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3)
+        self.out = nn.Linear(144, 2)
+
+    def forward(self, x):
+        h = F.pad(torch.cat([F.relu(self.a(x)), F.relu(self.b(x))]), (1, 1, 1, 1))
+        return self.out(F.relu(self.conv(h)).flatten(1))
 
 
 class TanhNet(nn.Module):
@@ -463,9 +504,15 @@ class GroupedReader(nn.Module):
     (TanhNet, torch.randn(32, 8), "'inp' goes through tanh"),
     (ReflectPadded, torch.randn(32, 2, 8, 8), "'conv' goes through a padding other than zeros"),
     (lambda: ReflectPadded("constant", 1.0), torch.randn(32, 2, 8, 8), "'conv' goes through a padding other than"),
+    (lambda: ReflectPadded("replicate", positional=True), torch.randn(32, 2, 8, 8), "'conv' goes through a padding"),
+    (lambda: ReflectPadded("constant", 1.0, positional=True), torch.randn(32, 2, 8, 8), "'conv' goes through a pad"),
+    (PooledAcrossNeurons, torch.randn(32, 8), "'inp' is pooled across neurons before 'out' reads it"),
+    (StackedOnTheBatch, torch.randn(16, 2, 8, 8), "'conv' reads '[ab]' with several neurons in one input channel"),
     (Gated, torch.randn(32, 8), "'inp' goes through mul"),
     (ReturnsFeatures, torch.randn(32, 8), "'inp' is read by other layers and is also part of the model's output"),
-    (GroupedReader, torch.randn(32, 2, 8, 8), "'grouped'"),
+    (GroupedReader, torch.randn(32, 2, 8, 8), r"'grouped', which reads 'conv', is a grouped convolution \(groups=2\)"),
+    (PartlyUnused, torch.randn(32, 8),
+     r"no activation of 'inp' was found \(pass activation=\.\.\. if the network applies another nonlinearity\)"),
 ])
 def test_unsupported_architecture_raises_before_any_change(make_model, x, culprit):
     torch.manual_seed(0)

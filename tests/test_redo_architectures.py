@@ -112,6 +112,86 @@ class PaddedPooledCNN(nn.Module):
         return self.out(F.relu(self.fc1(x.permute(0, 2, 3, 1).flatten(1))))
 
 
+class PadAndViewSpellings(nn.Module):
+    """The same channel-preserving operations spelled differently: F.pad's arguments by keyword and by position,
+    and a ``.view`` flatten (as in PyTorch's DQN tutorial), which the element ids cannot take as a view."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 3)
+        self.out = nn.Linear(4 * 7 * 7, 4)
+
+    def forward(self, x):
+        x = F.pad(F.relu(self.conv1(x)), pad=(1, 1, 1, 1))
+        x = F.pad(F.relu(self.conv2(x)), (0, 1, 0, 1), "constant", 0.0).detach()
+        return self.out(F.relu(self.conv3(x).view(x.size(0), -1)))  # flattened before the activation
+
+
+class ActivatedTwice(nn.Module):
+    """A trunk that ends in a ReLU, concatenated with a branch not yet activated, and ReLU applied to both."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.side, self.fc, self.out = nn.Linear(8, 8), nn.Linear(24, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc(F.relu(torch.cat([self.trunk(x), self.side(x)], dim=1)))))
+
+
+class ActivatedInParts(nn.Module):
+    """One layer's output split in two halves, each activated for its own head, the first half twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 16)
+        self.head_a, self.head_b, self.head_c = nn.Linear(8, 2), nn.Linear(8, 2), nn.Linear(8, 1)
+
+    def forward(self, x):
+        first, second = self.fc(x).chunk(2, dim=1)
+        return self.head_a(F.relu(first)), self.head_b(F.relu(second)), self.head_c(F.relu(first))
+
+
+class DeepSetsCritic(nn.Module):
+    """A set encoder (as in entity-based RL): one Linear per entity, max over the entities with a 1-d pool."""
+
+    def __init__(self, entities: int = 5, features: int = 6):
+        super().__init__()
+        self.entities = entities
+        self.phi, self.rho, self.out = nn.Linear(features, 32), nn.Linear(32, 16), nn.Linear(16, 1)
+
+    def forward(self, x):  # x: (batch, entities, features)
+        pooled = F.max_pool1d(F.relu(self.phi(x)).transpose(1, 2), self.entities).squeeze(-1)
+        return self.out(F.relu(self.rho(pooled)))
+
+
+class InPlaceResidual(nn.Module):
+    """torchvision's BasicBlock without batch norm (``out += identity``, in place), the sum read by fc without an
+    activation in between."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv1 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2, self.fc, self.out = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8 * 6 * 6, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        identity = F.relu(self.stem(x))
+        out = self.conv2(F.relu(self.conv1(identity)))
+        out += identity
+        return self.out(F.relu(self.fc(out.flatten(1))))
+
+
+class GroupedFirstLayer(nn.Module):
+    """A grouped convolution as a recycled layer (its rows are its own), read by a dense layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.out = nn.Conv2d(4, 8, 3, groups=2), nn.Linear(8 * 6 * 6, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc(F.relu(self.conv(x)).flatten(1))))
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -252,11 +332,13 @@ def check_exact_recycling(model, x, dormant: dict[str, list[int]], hidden: list[
     for layer_name, neurons in dormant.items():
         rows[f"{layer_name}.weight"][neurons] = True
         rows[f"{layer_name}.bias"][neurons] = True
-        for reader_name in readers[layer_name]:
-            for neuron in neurons:
+        for neuron in neurons:
+            read_by = []
+            for reader_name in readers[layer_name]:
                 read = oracle_columns(model, forward, x, layer_name, neuron, reader_name)
-                assert read.any(), (layer_name, neuron, reader_name)
                 columns[f"{reader_name}.weight"][:, read] = True
+                read_by += [reader_name] if read.any() else []
+            assert read_by, (layer_name, neuron)
     params_before = {name: p.detach().clone() for name, p in model.named_parameters()}
     moments_before = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in model.named_parameters()}
     outputs_before = outputs_of(call(model, forward, x))
@@ -334,6 +416,50 @@ def test_padding_pooling_dropout_and_an_nhwc_flatten():
     check_exact_recycling(net, torch.randn(32, 3, 22, 22), dormant={"conv1": [1, 7], "conv2": [0, 15], "fc1": [3]},
                           hidden=["conv1", "conv2", "fc1"],
                           readers={"conv1": ["conv2"], "conv2": ["fc1"], "fc1": ["out"]})
+
+
+def test_pad_arguments_by_keyword_and_position_and_a_view_flatten():
+    torch.manual_seed(0)
+    net = PadAndViewSpellings()
+    check_exact_recycling(net, torch.randn(32, 3, 10, 10), dormant={"conv1": [0, 5], "conv2": [7], "conv3": [1, 2]},
+                          hidden=["conv1", "conv2", "conv3"],
+                          readers={"conv1": ["conv2"], "conv2": ["conv3"], "conv3": ["out"]})
+
+
+def test_relu_applied_again_to_activated_neurons():
+    torch.manual_seed(0)
+    check_exact_recycling(ActivatedTwice(), torch.randn(64, 8), dormant={"trunk.0": [0, 15], "side": [3], "fc": [2]},
+                          hidden=["trunk.0", "side", "fc"],
+                          readers={"trunk.0": ["fc"], "side": ["fc"], "fc": ["out"]})
+
+
+def test_a_layer_activated_in_parts_is_scored_on_each_neurons_mean():
+    torch.manual_seed(0)
+    net, x = ActivatedInParts(), torch.randn(64, 8)
+    with torch.no_grad():
+        per_neuron = F.relu(net.fc(x)).mean(dim=0)
+    torch.testing.assert_close(dormant_scores(net, x)["fc"], per_neuron / (per_neuron.mean() + 1e-9))
+    check_exact_recycling(net, x, dormant={"fc": [1, 7, 8, 15]}, hidden=["fc"],
+                          readers={"fc": ["head_a", "head_b", "head_c"]})
+
+
+def test_deep_sets_max_over_entities():
+    torch.manual_seed(0)
+    check_exact_recycling(DeepSetsCritic(), torch.randn(64, 5, 6), dormant={"phi": [0, 31], "rho": [4]},
+                          hidden=["phi", "rho"], readers={"phi": ["rho"], "rho": ["out"]})
+
+
+def test_in_place_residual_sum_names_its_writers():
+    torch.manual_seed(0)
+    check_exact_recycling(InPlaceResidual(), torch.randn(32, 3, 6, 6), dormant={"conv1": [1, 6], "fc": [3]},
+                          hidden=["stem", "conv1", "fc"], readers={"conv1": ["conv2"], "fc": ["out"]},
+                          not_recyclable=("stem", "conv2"))
+
+
+def test_grouped_convolution_recycled_as_a_writer():
+    torch.manual_seed(0)
+    check_exact_recycling(GroupedFirstLayer(), torch.randn(32, 4, 8, 8), dormant={"conv": [0, 5], "fc": [9]},
+                          hidden=["conv", "fc"], readers={"conv": ["fc"], "fc": ["out"]})
 
 
 def test_impala_resnet_recycles_the_blocks_and_names_the_residual_stream():
