@@ -47,6 +47,8 @@ class SweepArgs:
     """one folder per cell under it"""
     ray_address: str | None = None
     """a Ray cluster to use ("auto", or "ray://host:10001"); default: start Ray on this machine"""
+    num_cpus: int | None = None
+    """CPUs a Ray started here may use (e.g. 1 to keep a core free); default: all. Not with --ray-address"""
     cpus_per_run: int = 1
     """CPUs Ray reserves for each run; also its --torch-threads (so runs never oversubscribe the cores)"""
     gpus_per_run: float = 0.0
@@ -164,6 +166,10 @@ def main(args: SweepArgs, extra: list[str]) -> int:
                                                              and args.arms):
         print("error: the grid is empty, or --cpus-per-run < 1 or --gpus-per-run < 0", file=sys.stderr)
         return 2
+    if args.num_cpus is not None and (args.num_cpus < args.cpus_per_run or args.ray_address is not None):
+        print("error: --num-cpus must be at least --cpus-per-run, and only starts a Ray on this machine (a cluster's "
+              "CPUs are set by `ray start --num-cpus`)", file=sys.stderr)
+        return 2
     import ray
 
     out_dir = Path(args.out_dir)
@@ -184,7 +190,7 @@ def main(args: SweepArgs, extra: list[str]) -> int:
         return 1 if skipped["failed"] else 0
 
     # On a cluster, every node must see this folder and --out-dir at the same paths (a shared file system).
-    ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
+    ray.init(address=args.ray_address, num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, max_retries=args.max_retries,
                         retry_exceptions=[Interrupted])(run_cell)
     pending = {remote.remote(cell, str((out_dir / cell.name).resolve()), args, extra): cell for cell in todo}

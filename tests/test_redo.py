@@ -112,6 +112,15 @@ def test_scores_equal_reference_and_average_one():
         assert scores[name].mean().item() == pytest.approx(1.0, rel=1e-5)
 
 
+def test_scores_of_a_single_state():
+    """One state, one element per Linear neuron: the mean is that element."""
+    torch.manual_seed(0)
+    critic, batch = Critic(), (torch.randn(1, 11), torch.randn(1, 3))
+    with torch.no_grad():
+        fc1 = F.relu(critic.fc1(torch.cat(batch, dim=1)))[0]
+    torch.testing.assert_close(dormant_scores(critic, batch)["fc1"], fc1 / (fc1.mean() + 1e-9))
+
+
 def test_fractions_are_inclusive_per_layer_and_pooled():
     scores = {"a": torch.tensor([0.0, 0.1, 0.2, 3.7]), "b": torch.tensor([0.1, 1.9])}
     assert dormant_fractions(scores, 0.1) == {"a": 0.5, "b": 0.5, "total": 0.5}

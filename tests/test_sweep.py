@@ -85,6 +85,9 @@ def test_tiny_sweep_runs_skips_resumes_and_reports_failures(tmp_path):
 def test_flags_the_sweep_sets_are_refused(tmp_path):
     result = sweep(tmp_path, extra=["--seed", "3"], timeout=60)
     assert result.returncode == 2 and "--seed is set by the sweep" in result.stderr
+    for flags in (["--num-cpus", "1", "--cpus-per-run", "2"], ["--num-cpus", "2", "--ray-address", "auto"]):
+        result = sweep(tmp_path, *flags, timeout=60)
+        assert result.returncode == 2 and "--num-cpus must be" in result.stderr and not list(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------- aggregation
