@@ -57,6 +57,7 @@ _POOLS = set("""max_pool1d max_pool2d avg_pool1d avg_pool2d adaptive_max_pool1d 
 _NORMS = set("layer_norm batch_norm group_norm instance_norm rms_norm local_response_norm".split())
 _SUMS = set("add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_".split())
 _KEEP_IDS = set("float double half bfloat16 to type type_as contiguous clone detach".split())  # same shape, same ids
+_KNOWN = _MOVES | _SCALINGS | _POOLS | _NORMS | _SUMS  # anything else may be the activation
 
 
 @dataclass
@@ -144,7 +145,7 @@ class _Tracer(TorchFunctionMode):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
         pre_activation = None
-        if name not in _MOVES | _SCALINGS | _POOLS | _NORMS | _SUMS and len(tracked) == 1 and tensors[0] is tracked[0]:
+        if name not in _KNOWN and len(tracked) == 1 and tensors[0] is tracked[0]:
             pre_activation = self.activation(tracked[0])  # before func, which may work in place
         result = func(*args, **kwargs)
         if not any(isinstance(item, Tensor) for item in tree_flatten(result)[0]):
@@ -202,16 +203,16 @@ class _Tracer(TorchFunctionMode):
         if isinstance(reader.module, nn.Conv2d):
             per_channel = ids.movedim(-3, 0).reshape(ids.shape[-3], -1)  # (in_channels, everything else)
             column_ids = per_channel.amax(dim=1)
-            mixed = ((per_channel != column_ids[:, None]) & (per_channel != _NONE)).any(dim=1)
+            mixed = bool(((per_channel != column_ids[:, None]) & (per_channel != _NONE)).any())
         else:
             rows = ids.reshape(-1, ids.shape[-1])
             column_ids = rows[0]
-            mixed = (rows != column_ids).any(dim=0)
+            mixed = bool((rows != column_ids).any())
         for layer in self.layers_in(ids):
             layer.readers[reader.name] = column_ids
             neuron = column_ids // 2
             own = (column_ids >= 0) & (neuron >= layer.first_id) & (neuron < layer.first_id + layer.size)
-            if mixed.any():
+            if mixed:
                 layer.fail(f"'{reader.name}' reads '{layer.name}' with several neurons in one input "
                            f"{'channel' if isinstance(reader.module, nn.Conv2d) else 'column'}")
             elif (own & (column_ids % 2 == 0)).any():

@@ -121,6 +121,16 @@ def test_scores_of_a_single_state():
     torch.testing.assert_close(dormant_scores(critic, batch)["fc1"], fc1 / (fc1.mean() + 1e-9))
 
 
+def test_a_first_hidden_layer_of_one_neuron():
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(8, 1), nn.ReLU(), nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(32, 8)
+    with torch.no_grad():
+        model[0].bias.fill_(5.0)  # active on every state
+    scores = dormant_scores(model, x)
+    assert list(scores) == ["0", "2"]
+    torch.testing.assert_close(scores["0"], torch.ones(1))
+
+
 def test_fractions_are_inclusive_per_layer_and_pooled():
     scores = {"a": torch.tensor([0.0, 0.1, 0.2, 3.7]), "b": torch.tensor([0.1, 1.9])}
     assert dormant_fractions(scores, 0.1) == {"a": 0.5, "b": 0.5, "total": 0.5}
@@ -469,6 +479,39 @@ class StackedOnTheBatch(nn.Module):
         return self.out(F.relu(self.conv(h)).flatten(1))
 
 
+class StackedLinear(nn.Module):
+    """Two layers' outputs concatenated along the batch and read by one head: a column holds two neurons."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.out(torch.cat([F.relu(self.a(x)), F.relu(self.b(x))]))
+
+
+class ReadsOneNeuronRaw(nn.Module):
+    """`out` reads every neuron of `a` and `b` after the ReLU but neuron 0 of `raw`, which it reads raw."""
+
+    def __init__(self, raw: str):
+        super().__init__()
+        self.raw, self.a, self.b, self.out = raw, nn.Linear(8, 16), nn.Linear(8, 4), nn.Linear(20, 2)
+
+    def forward(self, x):
+        h = {"a": self.a(x), "b": self.b(x)}
+        h = {k: torch.cat([v[:, :1], F.relu(v[:, 1:])], 1) if k == self.raw else F.relu(v) for k, v in h.items()}
+        return self.out(torch.cat([h["a"], h["b"]], 1))
+
+
+class Maxout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.out(torch.maximum(F.relu(self.a(x)), F.relu(self.b(x))))
+
+
 class TanhNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -507,8 +550,15 @@ class GroupedReader(nn.Module):
 
 
 @pytest.mark.parametrize("make_model, x, culprit", [
-    (TwiceUsed, torch.randn(32, 8), "'shared' runs more than once"),
-    (LayerNormed, torch.randn(32, 8), "'inp' is followed by layer_norm"),
+    (TwiceUsed, torch.randn(32, 8),
+     "layer 'shared' runs more than once in a forward pass; dormant neurons are only defined for layers that run once"),
+    (LayerNormed, torch.randn(32, 8), "'inp' is followed by layer_norm, which mixes the layer's neurons, so "
+                                      "recycling could not keep the outputs unchanged"),
+    (StackedLinear, torch.randn(32, 8), "'out' reads '[ab]' with several neurons in one input column"),
+    (lambda: ReadsOneNeuronRaw("a"), torch.randn(32, 8), r"'out' reads 'a' without the activation \(pass "
+                                                         r"activation=\.\.\. if the network applies another"),
+    (lambda: ReadsOneNeuronRaw("b"), torch.randn(32, 8), "'out' reads 'b' without the activation"),
+    (Maxout, torch.randn(32, 8), "'a' goes through maximum"),
     (BatchNormed, torch.randn(32, 2, 8, 8), "'conv' is followed by batch_norm"),
     (TanhNet, torch.randn(32, 8), "'inp' goes through tanh"),
     (ReflectPadded, torch.randn(32, 2, 8, 8), "'conv' goes through a padding other than zeros"),
@@ -546,6 +596,44 @@ def test_normalized_layers_are_scored_on_the_activation_after_the_norm():
     scores = dormant_scores(model, x)
     assert list(scores) == ["inp"]
     torch.testing.assert_close(scores["inp"], per_neuron / (per_neuron.mean() + 1e-9))
+
+
+def test_a_model_without_hidden_layers_is_refused():
+    with pytest.raises(ValueError, match=r"^Linear ran 1 Linear/Conv2d layer\(s\), none of them read by another: "
+                                         "scoring needs at least one hidden layer before the output layers$"):
+        dormant_scores(nn.Linear(8, 2), torch.randn(4, 8))
+
+
+class FunctionalCalls(nn.Module):
+    """Layers applied through F.conv2d/F.linear, by keyword and without a bias argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.out = nn.Conv2d(2, 4, 3), nn.Linear(4 * 6 * 6, 16, bias=False), nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = F.relu(F.conv2d(input=x, weight=self.conv.weight, bias=self.conv.bias))
+        h = F.relu(F.linear(h.flatten(1), self.fc.weight))
+        return F.linear(input=h, weight=self.out.weight, bias=self.out.bias)
+
+
+def test_layers_called_through_the_functional_api():
+    torch.manual_seed(0)
+    model, x = FunctionalCalls(), torch.randn(64, 2, 8, 8)
+    with torch.no_grad():
+        conv = F.relu(model.conv(x))
+        fc = F.relu(model.fc(conv.flatten(1)))
+    scores = dormant_scores(model, x)
+    expected = {"conv": conv.mean(dim=(0, 2, 3)), "fc": fc.mean(dim=0)}
+    for name, mean in expected.items():
+        torch.testing.assert_close(scores[name], mean / (mean.mean() + 1e-9))
+    with torch.no_grad():
+        model.conv.weight[1], model.conv.bias[1], model.fc.weight[3] = 0, -1, 0
+        before = model(x)
+    result = recycle_dormant(model, None, x, tau=0.0)
+    assert result["recycled"] == {"conv": 1, "fc": 1}
+    torch.testing.assert_close(model(x), before)
+    assert not model.fc.weight[:, 36:72].any() and not model.out.weight[:, 3].any()
 
 
 def test_negative_tau_rejected():

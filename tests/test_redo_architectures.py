@@ -152,6 +152,17 @@ class ActivatedInParts(nn.Module):
         return self.head_a(F.relu(first)), self.head_b(F.relu(second)), self.head_c(F.relu(first))
 
 
+class ScaledFeatures(nn.Module):
+    """A learned scalar gain on the hidden features."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out, self.gain = nn.Linear(8, 16), nn.Linear(16, 2), nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc(x)) * self.gain)
+
+
 class DeepSetsCritic(nn.Module):
     """A set encoder (as in entity-based RL): one Linear per entity, max over the entities with a 1-d pool."""
 
@@ -441,6 +452,12 @@ def test_a_layer_activated_in_parts_is_scored_on_each_neurons_mean():
     torch.testing.assert_close(dormant_scores(net, x)["fc"], per_neuron / (per_neuron.mean() + 1e-9))
     check_exact_recycling(net, x, dormant={"fc": [1, 7, 8, 15]}, hidden=["fc"],
                           readers={"fc": ["head_a", "head_b", "head_c"]})
+
+
+def test_a_learned_scalar_gain_on_the_features():
+    torch.manual_seed(0)
+    check_exact_recycling(ScaledFeatures(), torch.randn(64, 8), dormant={"fc": [0, 9]}, hidden=["fc"],
+                          readers={"fc": ["out"]})
 
 
 def test_deep_sets_max_over_entities():
