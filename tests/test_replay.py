@@ -188,3 +188,23 @@ def test_same_seed_same_samples():
 
     assert torch.equal(draw(7), draw(7))
     assert not torch.equal(draw(7), draw(8))
+
+
+@pytest.mark.parametrize("stop_at", [97, 102])  # Stream(0): in the middle of an episode, and right at an episode's end
+def test_a_buffer_restored_from_its_state_dict_continues_identically(stop_at):
+    def new_buffer():
+        return FrameReplayBuffer(40, STACK, (5, 6), torch.device("cpu"), np.random.default_rng(3))
+
+    original, restored = new_buffer(), new_buffer()
+    stream = Stream(0).transitions(stop_at + 60)
+    for _ in range(stop_at):
+        original.add(*next(stream))
+    assert original.episode_open == (stop_at == 97)
+    restored.load_state_dict({k: v.clone() if torch.is_tensor(v) else v for k, v in original.state_dict().items()})
+    for transition in stream:  # both continue with the same transitions
+        original.add(*transition)
+        restored.add(*transition)
+    for name in FrameReplayBuffer._ARRAYS + ("head", "slots_written", "current", "episode_open"):
+        assert np.array_equal(getattr(original, name), getattr(restored, name)), name
+    a, b = original.sample(64), restored.sample(64)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
