@@ -26,8 +26,8 @@ any order, slicing, concatenation, zero padding, pooling, dropout and scaling, e
 (or input channels) that hold a neuron are found exactly. Layers read by no other are output layers
 (any number): never scored or recycled. Residual-stream writers are named in
 ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled exactly (normalization,
-a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing operation) raises ``ValueError`` naming the
-layer, before anything changes. See the README for the supported architectures.
+a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing operation) raises
+``ValueError`` naming the layer, before anything changes. See the README for the supported architectures.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ _MOVES = set("""reshape view flatten unflatten permute transpose t squeeze unsqu
     half bfloat16 to type type_as pad""".split())
 _SCALINGS = set("dropout dropout1d dropout2d dropout3d feature_dropout mul __mul__ __rmul__ div __truediv__".split())
 _POOLS = set("""max_pool1d max_pool2d avg_pool1d avg_pool2d adaptive_max_pool1d adaptive_max_pool2d adaptive_avg_pool1d
-    adaptive_avg_pool2d max_pool2d_with_indices lp_pool2d""".split())
+    adaptive_avg_pool2d max_pool1d_with_indices max_pool2d_with_indices adaptive_max_pool1d_with_indices
+    adaptive_max_pool2d_with_indices lp_pool1d lp_pool2d""".split())
 _NORMS = set("layer_norm batch_norm group_norm instance_norm rms_norm local_response_norm".split())
 _SUMS = set("add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_".split())
 _KEEP_IDS = set("float double half bfloat16 to type type_as contiguous clone detach".split())  # same shape, same ids
@@ -232,14 +233,13 @@ class _Tracer(TorchFunctionMode):
 
         if name in _KEEP_IDS:
             moved = self.ids[id(tracked[0])][1]
-        elif name == "pad":
-            if kwargs.get("mode", args[2] if len(args) > 2 else "constant") != "constant" or (
-                    kwargs.get("value", args[3] if len(args) > 3 else None) or 0) != 0:
+        elif name == "pad":  # torch passes it as pad(input, pad, mode=..., value=...) however it was called
+            if kwargs.get("mode", "constant") != "constant" or (kwargs.get("value") or 0) != 0:
                 self.mark_opaque(result, tracked, "goes through a padding other than zeros")
                 return
             ids = as_ids(args[0])
             batch_free = ids.dim() > 1 and ids.stride(0) == 0
-            moved = F.pad(ids[:1] if batch_free else ids, args[1] if len(args) > 1 else kwargs["pad"], value=_NONE)
+            moved = F.pad(ids[:1] if batch_free else ids, args[1], value=_NONE)
             moved = moved.expand(result.shape) if batch_free else moved
         else:
             ids_args, ids_kwargs = [], {}
@@ -260,9 +260,9 @@ class _Tracer(TorchFunctionMode):
         if ((flat != channel_ids[..., None]) & (flat != _NONE)).any():
             self.mark_opaque(result, [x], "is pooled across neurons")
             return
+        values = result[0] if isinstance(result, tuple) else result  # max_pool(..., return_indices=True)
         pooled_ids = channel_ids.reshape(*channel_ids.shape, *[1] * pooled_dims)
-        for item in tree_flatten(result)[0][:1]:  # the pooled values, not max_pool's indices
-            self.ids[id(item)] = (item, pooled_ids.expand(item.shape))
+        self.ids[id(values)] = (values, pooled_ids.expand(values.shape))
 
     def activate(self, result: Tensor, x: Tensor) -> None:
         full_ids, abs_values = self.ids[id(x)][1], result.detach().abs()

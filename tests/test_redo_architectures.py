@@ -172,24 +172,26 @@ class DeepSetsCritic(nn.Module):
         self.phi, self.rho, self.out = nn.Linear(features, 32), nn.Linear(32, 16), nn.Linear(16, 1)
 
     def forward(self, x):  # x: (batch, entities, features)
-        pooled = F.max_pool1d(F.relu(self.phi(x)).transpose(1, 2), self.entities).squeeze(-1)
+        pooled, _ = F.max_pool1d(F.relu(self.phi(x)).transpose(1, 2), self.entities, return_indices=True)
+        pooled = pooled.squeeze(-1)
         return self.out(F.relu(self.rho(pooled)))
 
 
 class InPlaceResidual(nn.Module):
-    """torchvision's BasicBlock without batch norm (``out += identity``, in place), the sum read by fc without an
-    activation in between."""
+    """torchvision's BasicBlock without batch norm (``out += identity``, in place), the sum read by conv3 without
+    an activation in between."""
 
     def __init__(self):
         super().__init__()
         self.stem, self.conv1 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.conv2, self.fc, self.out = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8 * 6 * 6, 16), nn.Linear(16, 2)
+        self.conv2, self.conv3 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 3)
+        self.fc, self.out = nn.Linear(4 * 4 * 4, 16), nn.Linear(16, 2)
 
     def forward(self, x):
         identity = F.relu(self.stem(x))
         out = self.conv2(F.relu(self.conv1(identity)))
         out += identity
-        return self.out(F.relu(self.fc(out.flatten(1))))
+        return self.out(F.relu(self.fc(F.relu(self.conv3(out)).flatten(1))))
 
 
 class GroupedFirstLayer(nn.Module):
@@ -468,9 +470,9 @@ def test_deep_sets_max_over_entities():
 
 def test_in_place_residual_sum_names_its_writers():
     torch.manual_seed(0)
-    check_exact_recycling(InPlaceResidual(), torch.randn(32, 3, 6, 6), dormant={"conv1": [1, 6], "fc": [3]},
-                          hidden=["stem", "conv1", "fc"], readers={"conv1": ["conv2"], "fc": ["out"]},
-                          not_recyclable=("stem", "conv2"))
+    check_exact_recycling(InPlaceResidual(), torch.randn(32, 3, 6, 6),
+                          dormant={"conv1": [1, 6], "conv3": [2], "fc": [3]}, hidden=["stem", "conv1", "conv3", "fc"],
+                          readers={"conv1": ["conv2"], "conv3": ["fc"], "fc": ["out"]}, not_recyclable=("stem", "conv2"))
 
 
 def test_grouped_convolution_recycled_as_a_writer():

@@ -208,3 +208,17 @@ def test_a_buffer_restored_from_its_state_dict_continues_identically(stop_at):
         assert np.array_equal(getattr(original, name), getattr(restored, name)), name
     a, b = original.sample(64), restored.sample(64)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_batches_of_one_and_of_more_than_the_buffer_holds():
+    buffer = FrameReplayBuffer(40, STACK, (5, 6), torch.device("cpu"), np.random.default_rng(0))
+    reference = fill(buffer, Stream(0), 100)
+    assert len(check_samples(buffer, reference, 1)) == 1
+    assert len(set(check_samples(buffer, reference, 5000))) == len(expected_stored_ids(reference, 40))
+
+
+def test_a_buffer_too_small_for_one_stack_says_so():
+    buffer = FrameReplayBuffer(STACK, STACK, (5, 6), torch.device("cpu"), np.random.default_rng(0))
+    fill(buffer, Stream(0, max_episode_length=1000), 10)  # every stack + next frame needs 5 slots
+    with pytest.raises(ValueError, match="^the replay buffer holds no complete transition to sample$"):
+        buffer.sample(8)
