@@ -234,7 +234,7 @@ class _Tracer(TorchFunctionMode):
         if name in _KEEP_IDS:
             moved = self.ids[id(tracked[0])][1]
         elif name == "pad":  # torch passes it as pad(input, pad, mode=..., value=...) however it was called
-            if kwargs.get("mode", "constant") != "constant" or (kwargs.get("value") or 0) != 0:
+            if kwargs["mode"] != "constant" or (kwargs["value"] or 0) != 0:
                 self.mark_opaque(result, tracked, "goes through a padding other than zeros")
                 return
             ids = as_ids(args[0])
