@@ -91,14 +91,17 @@ def test_end_to_end_values_are_sane(redo_run):
 
 def test_same_seed_gives_identical_losses(tmp_path):
     flags = ["--total-timesteps", "1200", "--learning-starts", "400", "--buffer-size", "2000", "--replay-ratio", "0.5",
-             "--redo-interval", "40", "--log-interval", "10", "--enable-redo"]
+             "--redo-interval", "40", "--log-interval", "10", "--enable-redo", "--torch-threads", "1"]
+    runs = {}
+    for name in ("a", "b"):  # side by side, one core each
+        (tmp_path / name).mkdir()
+        runs[name] = subprocess.Popen([sys.executable, str(ROOT / "dqn_redo.py"), *flags], cwd=tmp_path / name,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     losses = []
-    for name in ("a", "b"):
-        cwd = tmp_path / name
-        cwd.mkdir()
-        result = run_script(cwd, *flags)
-        assert result.returncode == 0, result.stderr[-3000:]
-        logged = scalars(only_run(cwd))
+    for name, process in runs.items():
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr[-3000:]
+        logged = scalars(only_run(tmp_path / name))
         losses.append((logged["losses/td_loss"], logged["dormant/tau=0.1/total"], logged["redo/recycled/total"]))
     assert len(losses[0][0]) == 40
     assert losses[0] == losses[1]
