@@ -28,11 +28,13 @@ SMALL = ["--learning-starts", "200", "--buffer-size", "1000", "--replay-ratio", 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "part").mkdir()
-    full = run_script(tmp_path / "full", *SMALL, "--total-timesteps", "600", "--checkpoint-interval", "0")
-    assert full.returncode == 0, full.stderr[-2000:]
+    one_core = ["--torch-threads", "1"]  # the uninterrupted run goes on beside the others, one core each
+    full = subprocess.Popen([sys.executable, str(ROOT / "dqn_redo.py"), *SMALL, *one_core, "--total-timesteps", "600",
+                             "--checkpoint-interval", "0"], cwd=tmp_path / "full", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     # Stopped at 301 (in the middle of the replay-ratio schedule), resumed, killed without a later
     # checkpoint (simulated: the step-301 one is put back), and resumed again.
-    part = run_script(tmp_path / "part", *SMALL, "--total-timesteps", "301", "--checkpoint-interval", "1000")
+    part = run_script(tmp_path / "part", *SMALL, *one_core, "--total-timesteps", "301", "--checkpoint-interval", "1000")
     assert part.returncode == 0, part.stderr[-2000:]
     run_dir = only_run(tmp_path / "part")
     kept = (run_dir / "checkpoint.pt").read_bytes()
@@ -42,6 +44,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     resumed = run_script(tmp_path / "part", "--resume", str(run_dir), "--total-timesteps", "600")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert only_run(tmp_path / "part") == run_dir  # the same run folder
+    _, full_stderr = full.communicate(timeout=240)
+    assert full.returncode == 0, full_stderr[-2000:]
     expected, got = scalars(only_run(tmp_path / "full")), scalars(run_dir)
     for tag in ["losses/td_loss", "losses/q_values", "dormant/tau=0.1/total", "dormant/tau=0/fc1",
                 "redo/recycled/total", "charts/gradient_steps", "charts/SPS"]:
