@@ -436,7 +436,6 @@ def recycle_dormant(
         raise ValueError(f"tau must be >= 0, got {tau}")
     init_fn = init_fn or _default_init
     hidden = _trace(model, x, activation, forward)
-    by_name = {layer.name: layer for layer in hidden}
     for layer in hidden:
         if layer.problem is not None:
             raise ValueError(f"cannot recycle: {layer.problem}")
