@@ -16,7 +16,7 @@ import torch
 
 import dqn_redo
 from dqn_redo import Args, env_state, load_checkpoint, make_env, restore_env_state, save_checkpoint
-from test_dqn import ROOT, only_run, run_script, scalars
+from test_dqn import ROOT, only_run, run_script, scalars, start_script
 
 shutil_usage = namedtuple("usage", "total used free")
 
@@ -29,9 +29,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "part").mkdir()
     one_core = ["--torch-threads", "1"]  # the uninterrupted run goes on beside the others, one core each
-    full = subprocess.Popen([sys.executable, str(ROOT / "dqn_redo.py"), *SMALL, *one_core, "--total-timesteps", "600",
-                             "--checkpoint-interval", "0"], cwd=tmp_path / "full", stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    full = start_script(tmp_path / "full", *SMALL, *one_core, "--total-timesteps", "600", "--checkpoint-interval", "0")
     # Stopped at 301 (in the middle of the replay-ratio schedule), resumed, killed without a later
     # checkpoint (simulated: the step-301 one is put back), and resumed again.
     part = run_script(tmp_path / "part", *SMALL, *one_core, "--total-timesteps", "301", "--checkpoint-interval", "1000")

@@ -24,6 +24,12 @@ def run_script(cwd: Path, *flags: str, timeout: float = 240) -> subprocess.Compl
                           capture_output=True, text=True, timeout=timeout)
 
 
+def start_script(cwd: Path, *flags: str) -> subprocess.Popen:
+    """dqn_redo.py in the background (collect with ``communicate``)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "dqn_redo.py"), *flags], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def only_run(cwd: Path) -> Path:
     runs = list((cwd / "runs").iterdir())
     assert len(runs) == 1, runs
@@ -95,8 +101,7 @@ def test_same_seed_gives_identical_losses(tmp_path):
     runs = {}
     for name in ("a", "b"):  # side by side, one core each
         (tmp_path / name).mkdir()
-        runs[name] = subprocess.Popen([sys.executable, str(ROOT / "dqn_redo.py"), *flags], cwd=tmp_path / name,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        runs[name] = start_script(tmp_path / name, *flags)
     losses = []
     for name, process in runs.items():
         _, stderr = process.communicate(timeout=240)
