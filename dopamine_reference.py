@@ -9,9 +9,13 @@ dormant neurons with the lab's own ``BaseRecycler.log_dead_neurons_count``, at t
     python3 -m venv .venv-dopamine && . .venv-dopamine/bin/activate
     pip install -r requirements-dopamine.txt && pip install --no-deps dopamine-rl==4.1.2
     python dopamine_reference.py --game DemonAttack --replay-ratio 1 --total-timesteps 100000 --seed 1
-    deactivate; python plot.py runs/DemonAttack-v4__baseline_rr1__1__* runs/dopamine_DemonAttack__rr1__1
+    python plot.py runs/DemonAttack-v4__baseline_rr1__1__* runs/dopamine_DemonAttack__rr1__1
 
-It needs a separate environment (JAX, Flax, TensorFlow): nothing else in this project imports it. What it changes
+``--check`` compares the parts one by one instead, on real frames: the authors' network with its parameters copied
+into ``dqn_redo.QNetwork``, their update rule (loss, gradients, optax Adam) against ours over a few hundred
+updates from the same batches, their dormant scores against ``redo.dormant_scores``, and their epsilon schedule.
+
+It needs its own environment (ours plus JAX, Flax and TensorFlow): nothing else in this project imports it. What it changes
 in Dopamine, and why, is marked ADAPTED below: import stubs for modules the DQN path never calls, the lab's
 statistics sampler (written for the replay buffer Dopamine had in 2023, absent from 4.1.2), and the settings of
 ``configs/dqn.gin`` and ``labs/redo/configs/dqn_dense.gin`` (not shipped in the wheel) written out as gin bindings.
@@ -36,6 +40,8 @@ def stub_unused_imports() -> None:
 
     class Anything(types.ModuleType):
         def __getattr__(self, name):
+            if name.startswith("__"):  # module machinery (__file__, __path__, ...) is looked up, not used
+                raise AttributeError(name)
             return Anything(name)
 
         def __call__(self, *args, **kwargs):
@@ -63,6 +69,137 @@ def gin_bindings(game: str, update_period: int, seed: int) -> list[str]:
         f"JaxDQNAgent.update_period = {update_period}", f"JaxDQNAgent.seed = {seed}",
         "BaseRecycler.logging_period = 1000",
     ]
+
+
+def random_play(env, steps: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Transitions of uniformly random play, as Dopamine stores them: 4 stacked 84x84 frames, NHWC, uint8
+    (a new episode's first stack repeats nothing: earlier frames are zeros), clipped rewards."""
+    states, actions, rewards, next_states, terminals = [], [], [], [], []
+    stack = np.zeros((84, 84, 4), np.uint8)
+    stack[..., -1] = env.reset()[..., 0]
+    for _ in range(steps):
+        action = int(rng.integers(env.action_space.n))
+        observation, reward, terminal, _ = env.step(action)
+        next_stack = np.concatenate([stack[..., 1:], observation], axis=-1)
+        for kept, value in zip((states, actions, rewards, next_states, terminals),
+                               (stack, action, np.clip(reward, -1, 1), next_stack, float(terminal))):
+            kept.append(value)
+        stack = next_stack
+        if env.game_over:
+            stack = np.zeros((84, 84, 4), np.uint8)
+            stack[..., -1] = env.reset()[..., 0]
+    return {"state": np.stack(states), "action": np.array(actions, np.int32),
+            "reward": np.array(rewards, np.float32), "next_state": np.stack(next_states),
+            "terminal": np.array(terminals, np.float32)}
+
+
+def copy_into_torch(flax_params: dict, q_network) -> None:
+    """Flax's kernels (kh, kw, in, out) and (in, out) into PyTorch's (out, in, kh, kw) and (out, in). fc1's input
+    columns are permuted from Flax's NHWC flatten (h, w, c) to PyTorch's NCHW flatten (c, h, w)."""
+    import torch
+
+    layers = flax_params["params"]
+    for flax_name, name in {**LAYERS, "final_layer": "q"}.items():
+        kernel = np.asarray(layers[flax_name]["kernel"])
+        if kernel.ndim == 4:
+            kernel = kernel.transpose(3, 2, 0, 1)
+        elif name == "fc1":
+            side = round((kernel.shape[0] / 64) ** 0.5)
+            kernel = kernel.reshape(side, side, 64, -1).transpose(3, 2, 0, 1).reshape(kernel.shape[1], -1)
+        else:
+            kernel = kernel.T
+        layer = getattr(q_network, name)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
+            layer.bias.copy_(torch.from_numpy(np.array(layers[flax_name]["bias"])))
+
+
+def check_against_ours(game: str, seed: int, updates: int) -> None:
+    """Prints how far apart the authors' parts and ours are on the same inputs (see the module docstring)."""
+    import copy
+
+    import jax
+    import torch
+    from dopamine.discrete_domains import atari_lib
+    from dopamine.jax.agents.dqn import dqn_agent
+    from dopamine.labs.redo import networks, recycled_dqn_agents, weight_recyclers
+
+    import dqn_redo
+    import redo
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    env = atari_lib.create_atari_environment(game_name=game, sticky_actions=True)
+    env.environment.reset(seed=seed)  # the ALE's own generator (sticky actions) too: the same frames every time
+    data = random_play(env, 3000, rng)
+    n_actions = env.action_space.n
+
+    network = networks.ScalableNatureDQNNetwork(num_actions=n_actions)
+    online = network.init(jax.random.PRNGKey(seed), data["state"][0])
+    ours = dqn_redo.QNetwork(n_actions, "dopamine")
+    copy_into_torch(online, ours)
+    nchw = lambda states: torch.from_numpy(np.ascontiguousarray(states.transpose(0, 3, 1, 2)))
+
+    def compare(what: str, theirs: np.ndarray, mine: np.ndarray, scale: float | None = None) -> None:
+        scale = float(np.abs(theirs).max()) if scale is None else scale
+        print(f"{what:<58} max |difference| {np.abs(theirs - mine).max():.2e}  (scale {scale:.2e})")
+
+    states = data["state"][rng.choice(len(data["state"]), 256, replace=False)]
+    q_theirs = np.asarray(jax.vmap(lambda s: network.apply(online, s).q_values)(states))
+    with torch.no_grad():
+        compare("Q-values at initialization, 256 states", q_theirs, ours(nchw(states)).numpy())
+
+    recycler = weight_recyclers.BaseRecycler(network.layer_names)
+    capture = lambda s: network.apply(online, s, capture_intermediates=lambda layer, _: "act" in (layer.name or ""),
+                                      mutable=["intermediates"])[1]["intermediates"]
+    intermediates = jax.vmap(capture)(states)
+    scores_theirs = {LAYERS[name.removesuffix("_act")]: np.asarray(recycler.estimate_neuron_score(value["__call__"][0]))
+                     for name, value in intermediates.items() if name != "final_layer_act"}
+    scores_ours = redo.dormant_scores(ours, nchw(states))
+    for layer, score in scores_theirs.items():
+        compare(f"dormant scores, {layer} ({len(score)} neurons)", score, scores_ours[layer].numpy())
+
+    # The same batches through both update rules; the target network stays at initialization (no sync within).
+    # A control shows what float32 rounding alone does over as many updates: ours again, from weights that
+    # differ from ours by one part in 10^7.
+    optimizer = dqn_agent.create_optimizer("adam", learning_rate=6.25e-5, eps=1.5e-4)
+    optimizer_state = optimizer.init(online)
+    target = online
+    target_ours = copy.deepcopy(ours)
+    control = copy.deepcopy(ours)
+    with torch.no_grad():
+        for parameter in control.parameters():
+            parameter.mul_(1 + 1e-7 * torch.randn_like(parameter))
+    adam = lambda network: torch.optim.Adam(network.parameters(), lr=6.25e-5, eps=1.5e-4)
+    train_step = dqn_redo.make_train_step(ours, target_ours, adam(ours), 0.99, compile=False)
+    control_step = dqn_redo.make_train_step(control, target_ours, adam(control), 0.99, compile=False)
+    losses_theirs, losses_ours = [], []
+    for _ in range(updates):
+        index = rng.integers(len(data["state"]), size=32)
+        batch = {key: value[index] for key, value in data.items()}
+        loss, grad = recycled_dqn_agents.get_gradients(online, network.apply, target, batch, 0.99)
+        online, optimizer_state = recycled_dqn_agents.apply_updates_jitted(online, grad, optimizer_state, optimizer)
+        losses_theirs.append(float(loss))
+        torch_batch = dqn_redo.Batch(
+            obs=nchw(batch["state"]), actions=torch.from_numpy(batch["action"].astype(np.int64)),
+            rewards=torch.from_numpy(batch["reward"]), next_obs=nchw(batch["next_state"]),
+            terminated=torch.from_numpy(batch["terminal"]))
+        losses_ours.append(float(train_step(torch_batch)[0]))
+        control_step(torch_batch)
+    compare(f"Huber loss at each of {updates} updates", np.array(losses_theirs), np.array(losses_ours))
+    theirs_now = dqn_redo.QNetwork(n_actions, "dopamine")
+    copy_into_torch(online, theirs_now)
+    flat = lambda network: torch.cat([p.detach().flatten() for p in network.parameters()]).numpy()
+    change = float(np.abs(flat(theirs_now) - flat(target_ours)).max())
+    compare(f"all weights after {updates} updates (scale: largest change)", flat(theirs_now), flat(ours), change)
+    compare("  control: ours vs ours from weights 1e-7 apart", flat(control), flat(ours), change)
+
+    args = dqn_redo.Args()
+    steps = np.arange(0, 400_000, 250)
+    epsilon_theirs = np.array([float(dqn_agent.linearly_decaying_epsilon(250_000, int(s), 20_000, 0.01))
+                               for s in steps])
+    compare("epsilon at every 250th agent step to 400k", epsilon_theirs,
+            np.array([dqn_redo.epsilon_at(args, int(s)) for s in steps]))
 
 
 def event_writer(log_dir: str, hyperparameters: dict):
@@ -96,6 +233,8 @@ def main() -> None:
     parser.add_argument("--total-timesteps", type=int, default=100_000, help="agent steps")
     parser.add_argument("--seed", type=int, default=1, help="the agent's seed (network, exploration, replay)")
     parser.add_argument("--out-dir", default="runs", help="the run folder goes under it")
+    parser.add_argument("--check", action="store_true", help="compare the authors' parts with ours, then exit")
+    parser.add_argument("--check-updates", type=int, default=300, help="updates compared by --check")
     args = parser.parse_args()
     if args.replay_ratio <= 0 or args.replay_ratio > 1 or (1 / args.replay_ratio) % 1:
         parser.error("--replay-ratio must be 1/k for a whole k (Dopamine updates once every k agent steps)")
@@ -103,10 +242,13 @@ def main() -> None:
         parser.error("--total-timesteps must be positive")
     update_period = round(1 / args.replay_ratio)
     run_dir = os.path.join(args.out_dir, f"dopamine_{args.game}__rr{args.replay_ratio:g}__{args.seed}")
-    if os.path.exists(run_dir):
+    if os.path.exists(run_dir) and not args.check:
         parser.error(f"{run_dir} exists: move it away or pick another --seed/--out-dir")
 
     stub_unused_imports()
+    if args.check:
+        check_against_ours(args.game, args.seed, args.check_updates)
+        return
     import gin
     import jax
     from dopamine.discrete_domains import atari_lib

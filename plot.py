@@ -4,7 +4,8 @@
     python plot.py runs/rr1 --out-dir img/rr1 --note "DemonAttack, 100k steps, 2-core CPU"
     python plot.py runs/sweep --sweep               # across games, as the field reports it (rliable)
 
-Runs are grouped by game, replay ratio and ReDo on/off (read from each run's logged hyperparameters).
+Runs are grouped by game, replay ratio, ReDo on/off and code (read from each run's logged hyperparameters; runs of
+the authors' own agent, made with dopamine_reference.py, form their own group).
 Each curve is the mean (or IQM) over the group's seeds with a 95 % bootstrap confidence band; its
 legend says how many runs it has. Runs of different lengths, and runs still in progress, are fine:
 at each point a curve uses the runs that reached it.
@@ -52,11 +53,17 @@ class Run:
     replay_ratio: float
     redo: bool
     redo_tau: float
+    code: str  # "" for dqn_redo.py; "Dopamine" for dopamine_reference.py
     scalars: dict[str, tuple[np.ndarray, np.ndarray]]  # tag -> (agent steps, values)
 
     @property
-    def group(self) -> tuple[str, float, bool]:
-        return self.env_id, self.replay_ratio, self.redo
+    def group(self) -> tuple[str, float, bool, str]:
+        return self.env_id, self.replay_ratio, self.redo, self.code
+
+    @property
+    def arm(self) -> str:
+        name = f"DQN + ReDo (tau={self.redo_tau:g})" if self.redo else "DQN"
+        return f"{name}, {self.code}'s code" if self.code else name
 
 
 def find_run_dirs(paths: list[str]) -> list[str]:
@@ -83,7 +90,7 @@ def load_run(path: str) -> Run | None:
         points = events.Scalars(tag)
         scalars[tag] = (np.array([p.step for p in points]), np.array([p.value for p in points]))
     return Run(path, params["env_id"], float(params["replay_ratio"]), params["enable_redo"] == "True",
-               float(params["redo_tau"]), scalars)
+               float(params["redo_tau"]), params.get("code", ""), scalars)
 
 
 def iqm(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -118,10 +125,8 @@ def aggregate(per_run: np.ndarray, statistic, samples: int, rng: np.random.Gener
     return center, low, high
 
 
-def group_label(group: tuple[str, float, bool], runs: list[Run]) -> str:
-    env_id, replay_ratio, redo = group
-    name = f"DQN + ReDo (tau={runs[0].redo_tau:g})" if redo else "DQN"
-    return f"{name}, RR {replay_ratio:g} (n={len(runs)})"
+def group_label(runs: list[Run]) -> str:
+    return f"{runs[0].arm}, RR {runs[0].replay_ratio:g} (n={len(runs)})"
 
 
 def plot_panel(ax, groups: dict, tag: str, args: Args, scale: float = 1.0) -> None:
@@ -142,8 +147,8 @@ def plot_panel(ax, groups: dict, tag: str, args: Args, scale: float = 1.0) -> No
         center, low, high = aggregate(per_run, statistic, args.bootstrap_samples, rng)
         color = colors[k % len(colors)]  # groups are sorted, so a group keeps its color across panels
         ok = ~np.isnan(center)
-        ax.plot(centers[ok], center[ok], color=color, label=group_label(group, runs),
-                linestyle="-" if group[2] else "--")
+        ax.plot(centers[ok], center[ok], color=color, label=group_label(runs),
+                linestyle=":" if group[3] else "-" if group[2] else "--")
         ax.fill_between(centers[ok], low[ok], high[ok], color=color, alpha=0.2, linewidth=0)
     ax.set_xlabel("agent steps (4 frames each)")
     ax.grid(alpha=0.3)
@@ -245,8 +250,7 @@ def final_scores(runs: list[Run], games: list[str], n_runs: int, fraction: float
     of agent steps (as in the per-game summary table)."""
     groups: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        arm = f"DQN + ReDo (tau={run.redo_tau:g})" if run.redo else "DQN"
-        groups[f"{arm}, RR {run.replay_ratio:g}"][run.env_id].append(run)
+        groups[f"{run.arm}, RR {run.replay_ratio:g}"][run.env_id].append(run)
     return {algorithm: np.array([[human_normalized(final_value(run, "charts/episodic_return", fraction), env_id)
                                   for env_id, run in zip(games, members)]
                                  for members in zip(*[sorted(by_game[g], key=lambda r: r.path)[:n_runs]
@@ -260,8 +264,7 @@ def sweep_arrays(runs: list[Run], tag: str, bins: int, normalize: bool) -> tuple
     runs (the smallest any cell has: rliable needs a full matrix); the points are fractions of the shortest run."""
     groups: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        arm = f"DQN + ReDo (tau={run.redo_tau:g})" if run.redo else "DQN"
-        groups[f"{arm}, RR {run.replay_ratio:g}"][run.env_id].append(run)
+        groups[f"{run.arm}, RR {run.replay_ratio:g}"][run.env_id].append(run)
     games = sorted({run.env_id for run in runs})
     n_runs = min(len(groups[a].get(g, [])) for a in groups for g in games)
     if n_runs == 0:
@@ -393,7 +396,7 @@ def summary_table(runs: list[Run]) -> str:
         returns = [final_value(run, "charts/episodic_return") for run in members]
         dormant = {tau: [100 * final_value(run, f"dormant/tau={tau}/total") for run in members] for tau in ("0", "0.1")}
         show = lambda xs, digits: f"{np.nanmean(xs):.{digits}f} ({', '.join(f'{x:.{digits}f}' for x in xs)})"
-        lines.append(f"| {group[0]} | {group_label(group, members)} | {len(members)} | "
+        lines.append(f"| {group[0]} | {group_label(members)} | {len(members)} | "
                      f"{', '.join(f'{s:,}' for s in sorted(set(last_steps)))} | {show(returns, 0)} | "
                      f"{show(dormant['0'], 1)} | {show(dormant['0.1'], 1)} |")
     return "\n".join(lines)

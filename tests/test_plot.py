@@ -7,9 +7,12 @@ from torch.utils.tensorboard import SummaryWriter
 import plot
 
 
-def write_run(folder, env_id: str, replay_ratio: float, redo: bool, seed: int, steps: int, dormant_level: float):
+def write_run(folder, env_id: str, replay_ratio: float, redo: bool, seed: int, steps: int, dormant_level: float,
+              code: str = ""):
     writer = SummaryWriter(str(folder))
     params = {"env_id": env_id, "replay_ratio": replay_ratio, "enable_redo": redo, "redo_tau": 0.1, "seed": seed}
+    if code:  # what dopamine_reference.py adds
+        params["code"] = code
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in params.items()))
     rng = np.random.default_rng(seed)
     for step in range(0, steps, 100):
@@ -56,6 +59,18 @@ def test_groups_curves_and_files(runs, tmp_path):
     baseline = dormant_axes[1].get_lines()[1]
     x, y = baseline.get_xdata(), baseline.get_ydata()
     assert np.allclose(y[x < 1900], 45.0) and np.allclose(y[x > 2100], 40.0)
+
+
+def test_the_authors_code_is_its_own_curve(runs, tmp_path):
+    write_run(tmp_path / "e1", "DemonAttack-v4", 1.0, False, 1, 3000, 0.3, code="Dopamine")
+    loaded = [plot.load_run(d) for d in plot.find_run_dirs([str(runs)])]
+    dormant_ax = plot.make_figures(loaded, plot.Args(bootstrap_samples=50))["DemonAttack-v4_dormant"].axes[1]
+    lines = {line.get_label(): line for line in dormant_ax.get_lines()}
+    assert list(lines) == ["DQN, RR 0.25 (n=1)", "DQN, RR 1 (n=2)", "DQN, Dopamine's code, RR 1 (n=1)",
+                           "DQN + ReDo (tau=0.1), RR 1 (n=2)"]
+    reference = lines["DQN, Dopamine's code, RR 1 (n=1)"]
+    assert reference.get_linestyle() == ":" and np.allclose(reference.get_ydata(), 30.0)
+    assert np.allclose(lines["DQN, RR 1 (n=2)"].get_ydata()[:5], 45.0)  # its own runs only
 
 
 def test_iqm_and_band():
