@@ -8,15 +8,18 @@ dormant neurons with the lab's own ``BaseRecycler.log_dead_neurons_count``, at t
 
     python3 -m venv .venv-dopamine && . .venv-dopamine/bin/activate
     pip install -r requirements-dopamine.txt && pip install --no-deps dopamine-rl==4.1.2
+    python dopamine_reference.py --check
     python dopamine_reference.py --game DemonAttack --replay-ratio 1 --total-timesteps 100000 --seed 1
     python plot.py runs/DemonAttack-v4__baseline_rr1__1__* runs/dopamine_DemonAttack__rr1__1
 
-``--check`` compares the parts one by one instead, on real frames: the authors' network with its parameters copied
-into ``dqn_redo.QNetwork``, their update rule (loss, gradients, optax Adam) against ours over a few hundred
-updates from the same batches, their dormant scores against ``redo.dormant_scores``, and their epsilon schedule.
+``--check`` compares the parts one by one, on real frames: the authors' network with its parameters copied into
+``dqn_redo.QNetwork``, their update rule (loss, gradients, optax Adam) against ours over a few hundred updates
+from the same batches (beside a control: ours against ours from weights one part in 10^7 apart), their dormant
+scores against ``redo.dormant_scores``, and their epsilon schedule. Beside another CPU-heavy process, run it
+with ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`` (one thread).
 
-It needs its own environment (ours plus JAX, Flax and TensorFlow): nothing else in this project imports it. What it changes
-in Dopamine, and why, is marked ADAPTED below: import stubs for modules the DQN path never calls, the lab's
+It needs its own venv (ours plus JAX, Flax and TensorFlow): nothing else in this project imports it. What it
+changes in Dopamine, and why, is marked ADAPTED below: import stubs for modules the DQN path never calls, the lab's
 statistics sampler (written for the replay buffer Dopamine had in 2023, absent from 4.1.2), and the settings of
 ``configs/dqn.gin`` and ``labs/redo/configs/dqn_dense.gin`` (not shipped in the wheel) written out as gin bindings.
 """
@@ -231,7 +234,7 @@ def main() -> None:
     parser.add_argument("--game", default="DemonAttack", help="ALE game name (Dopamine makes ALE/<game>-v5)")
     parser.add_argument("--replay-ratio", type=float, default=1.0, help="gradient updates per agent step: 1, 0.5, 0.25")
     parser.add_argument("--total-timesteps", type=int, default=100_000, help="agent steps")
-    parser.add_argument("--seed", type=int, default=1, help="the agent's seed (network, exploration, replay)")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the agent (network, exploration, replay) and the ALE")
     parser.add_argument("--out-dir", default="runs", help="the run folder goes under it")
     parser.add_argument("--check", action="store_true", help="compare the authors' parts with ours, then exit")
     parser.add_argument("--check-updates", type=int, default=300, help="updates compared by --check")
@@ -240,6 +243,12 @@ def main() -> None:
         parser.error("--replay-ratio must be 1/k for a whole k (Dopamine updates once every k agent steps)")
     if args.total_timesteps < 1:
         parser.error("--total-timesteps must be positive")
+    import ale_py
+    import gymnasium
+
+    gymnasium.register_envs(ale_py)
+    if f"ALE/{args.game}-v5" not in gymnasium.registry:
+        parser.error(f"no ALE game named {args.game!r}: give the name as in ALE/<name>-v5, e.g. DemonAttack")
     update_period = round(1 / args.replay_ratio)
     run_dir = os.path.join(args.out_dir, f"dopamine_{args.game}__rr{args.replay_ratio:g}__{args.seed}")
     if os.path.exists(run_dir) and not args.check:
@@ -256,6 +265,7 @@ def main() -> None:
 
     gin.parse_config(gin_bindings(args.game, update_period, args.seed))
     env = atari_lib.create_atari_environment(game_name=args.game, sticky_actions=True)
+    env.environment.reset(seed=args.seed)
     agent = recycled_dqn_agents.RecycledDQNAgent(num_actions=env.action_space.n)
     recycler = agent.weight_recycler  # reset_mode None: the baseline, which only logs
 
@@ -294,23 +304,25 @@ def main() -> None:
           f"jax {jax.__version__} on {jax.devices()[0].platform}", flush=True)
     # Dopamine's Runner._run_one_episode, with the step count made global and the return logged.
     steps, max_episode_steps = 0, 27_000
-    while steps < args.total_timesteps:
-        action = agent.begin_episode(env.reset())
-        episode_return, episode_steps = 0.0, 0
-        while True:
-            observation, reward, terminal, _ = env.step(action)
-            episode_return += reward
-            episode_steps += 1
-            steps += 1
-            reward = np.clip(reward, -1, 1)
-            if env.game_over or episode_steps == max_episode_steps or steps >= args.total_timesteps:
-                break
-            action = agent.step(reward, observation)
-        agent.end_episode(reward, terminal)
-        if env.game_over or episode_steps == max_episode_steps:
-            scalar("charts/episodic_return", episode_return, steps)
-            print(f"step {steps:,} | return {episode_return:g}", flush=True)
-    writer.close()
+    try:
+        while steps < args.total_timesteps:
+            action = agent.begin_episode(env.reset())
+            episode_return, episode_steps = 0.0, 0
+            while True:
+                observation, reward, terminal, _ = env.step(action)
+                episode_return += reward
+                episode_steps += 1
+                steps += 1
+                reward = np.clip(reward, -1, 1)
+                if env.game_over or episode_steps == max_episode_steps or steps >= args.total_timesteps:
+                    break
+                action = agent.step(reward, observation)
+            agent.end_episode(reward, terminal)
+            if env.game_over or episode_steps == max_episode_steps:
+                scalar("charts/episodic_return", episode_return, steps)
+                print(f"step {steps:,} | return {episode_return:g}", flush=True)
+    finally:  # Ctrl-C keeps what was logged
+        writer.close()
 
 
 if __name__ == "__main__":
