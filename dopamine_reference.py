@@ -47,16 +47,13 @@ def stub_unused_imports() -> None:
                 raise AttributeError(name)
             return Anything(name)
 
-        def __call__(self, *args, **kwargs):
-            return Anything("call")
-
     for name in ("baselines", "baselines.common", "baselines.common.atari_wrappers", "gym",
                  "tensorflow_probability", "tensorflow_probability.substrates",
                  "tensorflow_probability.substrates.jax", "dopamine.jax.continuous_networks"):
         sys.modules[name] = Anything(name)
 
 
-def gin_bindings(game: str, update_period: int, seed: int) -> list[str]:
+def gin_bindings(update_period: int, seed: int) -> list[str]:
     """Dopamine's ``jax/agents/dqn/configs/dqn.gin`` and ``labs/redo/configs/dqn_dense.gin``, as bindings."""
     return [
         # dqn.gin
@@ -68,7 +65,7 @@ def gin_bindings(game: str, update_period: int, seed: int) -> list[str]:
         # dqn_dense.gin
         "RecycledDQNAgent.network = 'nature'", "RecycledDQNAgent.num_updates_per_train_step = 1",
         "JaxDQNAgent.collector_allowlist = []",
-        # this run: the game, the replay ratio (one update every `update_period` agent steps), the seed
+        # this run: the replay ratio (one update every `update_period` agent steps), the seed, frequent scores
         f"JaxDQNAgent.update_period = {update_period}", f"JaxDQNAgent.seed = {seed}",
         "BaseRecycler.logging_period = 1000",
     ]
@@ -118,9 +115,11 @@ def copy_into_torch(flax_params: dict, q_network) -> None:
 
 
 def check_against_ours(game: str, seed: int, updates: int) -> None:
-    """Prints how far apart the authors' parts and ours are on the same inputs (see the module docstring)."""
+    """Prints how far apart the authors' parts and ours are on the same inputs (see the module docstring).
+    Their settings are the gin bindings already parsed; ours are ``dqn_redo.Args``' defaults."""
     import copy
 
+    import gin
     import jax
     import torch
     from dopamine.discrete_domains import atari_lib
@@ -130,6 +129,8 @@ def check_against_ours(game: str, seed: int, updates: int) -> None:
     import dqn_redo
     import redo
 
+    args = dqn_redo.Args()
+    gamma = gin.query_parameter("JaxDQNAgent.gamma")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     env = atari_lib.create_atari_environment(game_name=game, sticky_actions=True)
@@ -165,7 +166,7 @@ def check_against_ours(game: str, seed: int, updates: int) -> None:
     # The same batches through both update rules; the target network stays at initialization (no sync within).
     # A control shows what float32 rounding alone does over as many updates: ours again, from weights that
     # differ from ours by one part in 10^7.
-    optimizer = dqn_agent.create_optimizer("adam", learning_rate=6.25e-5, eps=1.5e-4)
+    optimizer = dqn_agent.create_optimizer("adam")  # learning rate and eps from the bindings
     optimizer_state = optimizer.init(online)
     target = online
     target_ours = copy.deepcopy(ours)
@@ -173,14 +174,14 @@ def check_against_ours(game: str, seed: int, updates: int) -> None:
     with torch.no_grad():
         for parameter in control.parameters():
             parameter.mul_(1 + 1e-7 * torch.randn_like(parameter))
-    adam = lambda network: torch.optim.Adam(network.parameters(), lr=6.25e-5, eps=1.5e-4)
-    train_step = dqn_redo.make_train_step(ours, target_ours, adam(ours), 0.99, compile=False)
-    control_step = dqn_redo.make_train_step(control, target_ours, adam(control), 0.99, compile=False)
+    adam = lambda network: torch.optim.Adam(network.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    train_step = dqn_redo.make_train_step(ours, target_ours, adam(ours), args.gamma, compile=False)
+    control_step = dqn_redo.make_train_step(control, target_ours, adam(control), args.gamma, compile=False)
     losses_theirs, losses_ours = [], []
     for _ in range(updates):
         index = rng.integers(len(data["state"]), size=32)
         batch = {key: value[index] for key, value in data.items()}
-        loss, grad = recycled_dqn_agents.get_gradients(online, network.apply, target, batch, 0.99)
+        loss, grad = recycled_dqn_agents.get_gradients(online, network.apply, target, batch, gamma)
         online, optimizer_state = recycled_dqn_agents.apply_updates_jitted(online, grad, optimizer_state, optimizer)
         losses_theirs.append(float(loss))
         torch_batch = dqn_redo.Batch(
@@ -197,10 +198,11 @@ def check_against_ours(game: str, seed: int, updates: int) -> None:
     compare(f"all weights after {updates} updates (scale: largest change)", flat(theirs_now), flat(ours), change)
     compare("  control: ours vs ours from weights 1e-7 apart", flat(control), flat(ours), change)
 
-    args = dqn_redo.Args()
     steps = np.arange(0, 400_000, 250)
-    epsilon_theirs = np.array([float(dqn_agent.linearly_decaying_epsilon(250_000, int(s), 20_000, 0.01))
-                               for s in steps])
+    epsilon_theirs = np.array([float(dqn_agent.linearly_decaying_epsilon(
+        gin.query_parameter("JaxDQNAgent.epsilon_decay_period"), int(s),
+        gin.query_parameter("JaxDQNAgent.min_replay_history"), gin.query_parameter("JaxDQNAgent.epsilon_train")))
+        for s in steps])
     compare("epsilon at every 250th agent step to 400k", epsilon_theirs,
             np.array([dqn_redo.epsilon_at(args, int(s)) for s in steps]))
 
@@ -255,15 +257,16 @@ def main() -> None:
         parser.error(f"{run_dir} exists: move it away or pick another --seed/--out-dir")
 
     stub_unused_imports()
-    if args.check:
-        check_against_ours(args.game, args.seed, args.check_updates)
-        return
     import gin
     import jax
     from dopamine.discrete_domains import atari_lib
     from dopamine.labs.redo import recycled_dqn_agents
 
-    gin.parse_config(gin_bindings(args.game, update_period, args.seed))
+    bindings = gin_bindings(update_period, args.seed)
+    gin.parse_config(bindings)
+    if args.check:
+        check_against_ours(args.game, args.seed, args.check_updates)
+        return
     env = atari_lib.create_atari_environment(game_name=args.game, sticky_actions=True)
     env.environment.reset(seed=args.seed)
     agent = recycled_dqn_agents.RecycledDQNAgent(num_actions=env.action_space.n)
@@ -278,8 +281,7 @@ def main() -> None:
 
     writer, scalar = event_writer(run_dir, {
         "env_id": f"{args.game}-v4", "replay_ratio": args.replay_ratio, "enable_redo": False, "redo_tau": 0.1,
-        "seed": args.seed, "code": "Dopamine", "dopamine_settings": "; ".join(gin_bindings(args.game, update_period,
-                                                                                           args.seed))})
+        "seed": args.seed, "code": "Dopamine", "dopamine_settings": "; ".join(bindings)})
     log_dead_neurons = recycler.maybe_log_deadneurons
 
     def log_every_tau(update_step, intermediates):

@@ -136,7 +136,7 @@ def plot_panel(ax, groups: dict, tag: str, args: Args, scale: float = 1.0) -> No
         lambda x, axis=0: iqm(x, axis=axis))
     rng = np.random.default_rng(0)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (group, runs) in enumerate(sorted(groups.items())):
+    for k, (_, runs) in enumerate(sorted(groups.items())):
         runs = [run for run in runs if tag in run.scalars]
         if not runs:
             continue
@@ -148,7 +148,7 @@ def plot_panel(ax, groups: dict, tag: str, args: Args, scale: float = 1.0) -> No
         color = colors[k % len(colors)]  # groups are sorted, so a group keeps its color across panels
         ok = ~np.isnan(center)
         ax.plot(centers[ok], center[ok], color=color, label=group_label(runs),
-                linestyle=":" if group[3] else "-" if group[2] else "--")
+                linestyle=":" if runs[0].code else "-" if runs[0].redo else "--")
         ax.fill_between(centers[ok], low[ok], high[ok], color=color, alpha=0.2, linewidth=0)
     ax.set_xlabel("agent steps (4 frames each)")
     ax.grid(alpha=0.3)
