@@ -7,8 +7,8 @@
 Runs are grouped by game, replay ratio, ReDo on/off and code (read from each run's logged hyperparameters; runs of
 the authors' own agent, made with dopamine_reference.py, form their own group).
 Each curve is the mean (or IQM) over the group's seeds with a 95 % bootstrap confidence band; its
-legend says how many runs it has. Runs of different lengths, and runs still in progress, are fine:
-at each point a curve uses the runs that reached it.
+legend says how many runs it has, and how far they go. Runs of different lengths, and runs still in progress, are
+fine: at each point a curve uses the runs that reached it (`--max-steps` cuts every run to a common length).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class Args:
     confidence intervals (rliable), per arm and replay ratio; the dormant fractions the same way; a per-game table"""
     final_fraction: float = 0.1
     """a run's score: its mean episodic return over this last fraction of its agent steps"""
+    max_steps: int | None = None
+    """use only each run's first this many agent steps: compares runs of different lengths at equal length"""
 
 
 @dataclass
@@ -59,6 +61,10 @@ class Run:
     @property
     def group(self) -> tuple[str, float, bool, str]:
         return self.env_id, self.replay_ratio, self.redo, self.code
+
+    @property
+    def last_step(self) -> int:
+        return int(max(steps.max() for steps, _ in self.scalars.values())) + 1
 
     @property
     def arm(self) -> str:
@@ -126,7 +132,19 @@ def aggregate(per_run: np.ndarray, statistic, samples: int, rng: np.random.Gener
 
 
 def group_label(runs: list[Run]) -> str:
-    return f"{runs[0].arm}, RR {runs[0].replay_ratio:g} (n={len(runs)})"
+    """The arm and how many runs it has; where they end at different steps, how far all of them go."""
+    ends = sorted({f"{run.last_step / 1000:.0f}k" for run in runs}, key=lambda k: int(k[:-1]))
+    if len(ends) == 1:
+        return f"{runs[0].arm}, RR {runs[0].replay_ratio:g} (n={len(runs)})"
+    longest = sum(f"{run.last_step / 1000:.0f}k" == ends[-1] for run in runs)
+    return f"{runs[0].arm}, RR {runs[0].replay_ratio:g} (n={len(runs)} to {ends[0]}, {longest} to {ends[-1]})"
+
+
+def truncated(run: Run, max_steps: int) -> Run:
+    """The run as it was after `max_steps` agent steps."""
+    scalars = {tag: (steps[steps < max_steps], values[steps < max_steps])
+               for tag, (steps, values) in run.scalars.items() if (steps < max_steps).any()}
+    return Run(run.path, run.env_id, run.replay_ratio, run.redo, run.redo_tau, run.code, scalars)
 
 
 def plot_panel(ax, groups: dict, tag: str, args: Args, scale: float = 1.0) -> None:
@@ -363,6 +381,12 @@ def main(args: Args) -> None:
     if not runs:
         print(f"error: none of the {len(run_dirs)} run folders found has dqn_redo.py hyperparameters", file=sys.stderr)
         sys.exit(2)
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            print(f"error: --max-steps must be a positive number of agent steps, not {args.max_steps}", file=sys.stderr)
+            sys.exit(2)
+        runs = [truncated(run, args.max_steps) for run in runs]
+        runs = [run for run in runs if run.scalars]
     if args.sweep:
         try:
             print(sweep_report(runs, args))
@@ -371,9 +395,12 @@ def main(args: Args) -> None:
             sys.exit(2)
         return
     os.makedirs(args.out_dir, exist_ok=True)
+    from matplotlib import pyplot as plt
+
     for name, fig in make_figures(runs, args).items():
         path = os.path.join(args.out_dir, f"{name}.png")
         fig.savefig(path, dpi=120)
+        plt.close(fig)
         print(f"wrote {path}")
     print(summary_table(runs))
 
@@ -392,7 +419,7 @@ def summary_table(runs: list[Run]) -> str:
              "| dormant % tau=0.1 (last 10 %) |", "|-|-|-|-|-|-|-|"]
     for group in sorted({run.group for run in runs}):
         members = [run for run in runs if run.group == group]
-        last_steps = [int(max(steps.max() for steps, _ in run.scalars.values())) + 1 for run in members]
+        last_steps = [run.last_step for run in members]
         returns = [final_value(run, "charts/episodic_return") for run in members]
         dormant = {tau: [100 * final_value(run, f"dormant/tau={tau}/total") for run in members] for tau in ("0", "0.1")}
         show = lambda xs, digits: f"{np.nanmean(xs):.{digits}f} ({', '.join(f'{x:.{digits}f}' for x in xs)})"

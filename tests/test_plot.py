@@ -47,7 +47,7 @@ def test_groups_curves_and_files(runs, tmp_path):
     figures = plot.make_figures(loaded, plot.Args(bootstrap_samples=200))
     returns_ax = figures["DemonAttack-v4_return"].axes[0]
     labels = [line.get_label() for line in returns_ax.get_lines()]
-    assert labels == ["DQN, RR 0.25 (n=1)", "DQN, RR 1 (n=2)", "DQN + ReDo (tau=0.1), RR 1 (n=2)"]
+    assert labels == ["DQN, RR 0.25 (n=1)", "DQN, RR 1 (n=2 to 2k, 1 to 3k)", "DQN + ReDo (tau=0.1), RR 1 (n=2)"]
     dormant_axes = figures["DemonAttack-v4_dormant"].axes
     assert [len(ax.get_lines()) for ax in dormant_axes] == [3, 3]
     assert len(figures["DemonAttack-v4_dormant_layers"].axes) == 4
@@ -66,11 +66,11 @@ def test_the_authors_code_is_its_own_curve(runs, tmp_path):
     loaded = [plot.load_run(d) for d in plot.find_run_dirs([str(runs)])]
     dormant_ax = plot.make_figures(loaded, plot.Args(bootstrap_samples=50))["DemonAttack-v4_dormant"].axes[1]
     lines = {line.get_label(): line for line in dormant_ax.get_lines()}
-    assert list(lines) == ["DQN, RR 0.25 (n=1)", "DQN, RR 1 (n=2)", "DQN, Dopamine's code, RR 1 (n=1)",
+    assert list(lines) == ["DQN, RR 0.25 (n=1)", "DQN, RR 1 (n=2 to 2k, 1 to 3k)", "DQN, Dopamine's code, RR 1 (n=1)",
                            "DQN + ReDo (tau=0.1), RR 1 (n=2)"]
     reference = lines["DQN, Dopamine's code, RR 1 (n=1)"]
     assert reference.get_linestyle() == ":" and np.allclose(reference.get_ydata(), 30.0)
-    assert np.allclose(lines["DQN, RR 1 (n=2)"].get_ydata()[:5], 45.0)  # its own runs only
+    assert np.allclose(lines["DQN, RR 1 (n=2 to 2k, 1 to 3k)"].get_ydata()[:5], 45.0)  # its own runs only
 
 
 def test_iqm_and_band():
@@ -87,6 +87,24 @@ def test_table_lists_each_group(runs, capsys):
     table = capsys.readouterr().out
     assert "| DemonAttack-v4 | DQN + ReDo (tau=0.1), RR 1 (n=2) | 2 | 2,901 |" in table
     assert "| 5.0 (5.0, 5.0) |" in table
+
+
+def test_max_steps_compares_runs_at_equal_length(runs, capsys):
+    plot.main(plot.Args(paths=[str(runs / "a1"), str(runs / "a2")], out_dir=str(runs / "out"), bootstrap_samples=50,
+                        max_steps=1500))
+    # Both runs cut to steps 0-1,400: one length again, and the table's "last 10 %" is of those steps
+    # (dormant 40 % and 50 % at tau = 0.1; returns 100 + step / 10 around 236-240, noise aside).
+    row = [line for line in capsys.readouterr().out.splitlines() if "RR 1" in line][0]
+    assert "| DQN, RR 1 (n=2) | 2 | 1,401 |" in row and "| 45.0 (40.0, 50.0) |" in row
+    returns = float(row.split("|")[5].split()[0])
+    assert 230 < returns < 245
+
+
+def test_max_steps_must_be_positive(runs, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main(plot.Args(paths=[str(runs / "a1")], out_dir=str(runs / "out"), max_steps=0))
+    assert exit_info.value.code == 2 and "--max-steps must be a positive" in capsys.readouterr().err
+    assert not (runs / "out").exists()
 
 
 def test_no_event_files_is_a_clear_error(tmp_path, capsys):
