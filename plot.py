@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -133,18 +133,18 @@ def aggregate(per_run: np.ndarray, statistic, samples: int, rng: np.random.Gener
 
 def group_label(runs: list[Run]) -> str:
     """The arm and how many runs it has; where they end at different steps, how far all of them go."""
-    ends = sorted({f"{run.last_step / 1000:.0f}k" for run in runs}, key=lambda k: int(k[:-1]))
-    if len(ends) == 1:
+    ends = [round(run.last_step / 1000) for run in runs]  # in thousands of steps, as the legend shows them
+    if min(ends) == max(ends):
         return f"{runs[0].arm}, RR {runs[0].replay_ratio:g} (n={len(runs)})"
-    longest = sum(f"{run.last_step / 1000:.0f}k" == ends[-1] for run in runs)
-    return f"{runs[0].arm}, RR {runs[0].replay_ratio:g} (n={len(runs)} to {ends[0]}, {longest} to {ends[-1]})"
+    return (f"{runs[0].arm}, RR {runs[0].replay_ratio:g} "
+            f"(n={len(runs)} to {min(ends)}k, {ends.count(max(ends))} to {max(ends)}k)")
 
 
 def truncated(run: Run, max_steps: int) -> Run:
     """The run as it was after `max_steps` agent steps."""
     scalars = {tag: (steps[steps < max_steps], values[steps < max_steps])
                for tag, (steps, values) in run.scalars.items() if (steps < max_steps).any()}
-    return Run(run.path, run.env_id, run.replay_ratio, run.redo, run.redo_tau, run.code, scalars)
+    return replace(run, scalars=scalars)
 
 
 def plot_panel(ax, groups: dict, tag: str, args: Args, scale: float = 1.0) -> None:
@@ -372,6 +372,9 @@ def sweep_report(runs: list[Run], args: Args) -> str:
 
 
 def main(args: Args) -> None:
+    if args.max_steps is not None and args.max_steps < 1:
+        print(f"error: --max-steps must be a positive number of agent steps, not {args.max_steps}", file=sys.stderr)
+        sys.exit(2)
     run_dirs = find_run_dirs(args.paths)
     if not run_dirs:
         print(f"error: no TensorBoard event files under {', '.join(args.paths)}; train with dqn_redo.py first "
@@ -382,9 +385,6 @@ def main(args: Args) -> None:
         print(f"error: none of the {len(run_dirs)} run folders found has dqn_redo.py hyperparameters", file=sys.stderr)
         sys.exit(2)
     if args.max_steps is not None:
-        if args.max_steps < 1:
-            print(f"error: --max-steps must be a positive number of agent steps, not {args.max_steps}", file=sys.stderr)
-            sys.exit(2)
         runs = [truncated(run, args.max_steps) for run in runs]
         runs = [run for run in runs if run.scalars]
     if args.sweep:

@@ -93,7 +93,7 @@ def test_max_steps_compares_runs_at_equal_length(runs, capsys):
     plot.main(plot.Args(paths=[str(runs / "a1"), str(runs / "a2")], out_dir=str(runs / "out"), bootstrap_samples=50,
                         max_steps=1500))
     # Both runs cut to steps 0-1,400: one length again, and the table's "last 10 %" is of those steps
-    # (dormant 40 % and 50 % at tau = 0.1; returns 100 + step / 10 around 236-240, noise aside).
+    # (dormant 40 % and 50 % at tau = 0.1; returns 100 + step / 10 at steps 1,300 and 1,400: 235 plus noise).
     row = [line for line in capsys.readouterr().out.splitlines() if "RR 1" in line][0]
     assert "| DQN, RR 1 (n=2) | 2 | 1,401 |" in row and "| 45.0 (40.0, 50.0) |" in row
     returns = float(row.split("|")[5].split()[0])
