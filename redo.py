@@ -12,13 +12,19 @@ optimizer's moments are zeroed at exactly those entries, and Adam's ``step`` is 
 
 Example::
 
-    from redo import dormant_fractions, dormant_scores, recycle_dormant
+    from redo import dormant_fractions, dormant_overlap, dormant_scores, recycle_dormant, srank
 
     scores = dormant_scores(q_network, states)      # {"conv1": tensor([...]), ...}
     fractions = dormant_fractions(scores, tau=0.1)  # {"conv1": 0.03, ..., "total": 0.05}
     # after the gradient step, every F steps:
     result = recycle_dormant(q_network, optimizer, states, tau=0.1)
     result["recycled"]                              # {"conv1": 2, "conv2": 0, ...}
+
+    # beside them, the paper's other two signals:
+    dormant_now = scores["fc1"] <= 0.1
+    dormant_overlap(dormant_now, dormant_before)    # share of today's dormant set dormant before
+    dormant_before |= dormant_now
+    srank(penultimate_features)                     # effective rank of (N >= 512, 512) features
 
 The graph is read from one real forward pass under a ``TorchFunctionMode`` that follows every element
 of every ``nn.Linear``/``nn.Conv2d`` output to the layers that read it: through reshapes, flattens in
@@ -42,7 +48,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["dormant_scores", "dormant_fractions", "recycle_dormant"]
+__all__ = ["dormant_scores", "dormant_fractions", "dormant_overlap", "srank", "recycle_dormant"]
 
 _EPS = 1e-9
 _NONE = -1  # element ids: -1 holds no hidden neuron's value; otherwise 2 * neuron + (1 once activated)
@@ -368,6 +374,39 @@ def dormant_fractions(scores: dict[str, Tensor], tau: float) -> dict[str, float]
     fractions = {name: dormant[name] / score.numel() for name, score in scores.items()}
     fractions["total"] = sum(dormant.values()) / max(1, sum(score.numel() for score in scores.values()))
     return fractions
+
+
+def dormant_overlap(current: Tensor, earlier: Tensor) -> float:
+    """Overlap coefficient ``|A & B| / min(|A|, |B|)`` of two sets of neurons given as boolean masks.
+
+    The paper's Fig. 5 takes ``A`` = the neurons of a layer dormant now (``scores <= tau``) and ``B`` =
+    those dormant at any earlier check (the union of the earlier masks): 1 means every neuron dormant now
+    was dormant before (or the other way round, if ``B`` is the smaller set), 0 that none was. When
+    either set is empty no neuron can be dormant in both, and the result is 0.
+    """
+    if current.shape != earlier.shape:
+        raise ValueError(f"masks of different shapes: {tuple(current.shape)} and {tuple(earlier.shape)}")
+    smaller = min(int(current.sum()), int(earlier.sum()))
+    return int((current & earlier).sum()) / smaller if smaller else 0.0
+
+
+def srank(features: Tensor, delta: float = 0.01) -> int:
+    """Effective rank srank_delta of a feature matrix (Kumar et al., ICLR 2021), as the ReDo paper uses it.
+
+    ``features`` is (N, d): one row per state, e.g. the post-ReLU penultimate layer on N >= d replay states.
+    With singular values s_1 >= ... >= s_min(N,d) (no centring, no normalization of the rows), the result is
+    the smallest k with ``s_1 + ... + s_k >= (1 - delta) * sum_i s_i``: the sum is over singular values,
+    not their squares. 0 for an all-zero matrix. Plasticine calls this quantity "stable rank"; it is not
+    the entropy-based effective rank of Roy and Vetterli. Computed in float64.
+    """
+    if features.dim() != 2:
+        raise ValueError(f"features must be a (states, features) matrix, got shape {tuple(features.shape)}")
+    singular_values = torch.linalg.svdvals(features.detach().double())
+    total = singular_values.sum()
+    if total == 0:
+        return 0
+    kept = singular_values.cumsum(0) / total
+    return min(int((kept < 1 - delta).sum()) + 1, len(singular_values))  # the last cumsum may round below 1
 
 
 def _default_init(weight: Tensor) -> None:

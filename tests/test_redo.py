@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from redo import dormant_fractions, dormant_scores, recycle_dormant
+from redo import dormant_fractions, dormant_overlap, dormant_scores, recycle_dormant, srank
 
 CONV1, CONV2, CONV3, FC1, OUT = "network.0", "network.2", "network.4", "network.7", "network.9"
 HIDDEN = [CONV1, CONV2, CONV3, FC1]
@@ -653,3 +653,63 @@ def test_redraw_does_not_depend_on_memory_format():
         nets.append(model)
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- srank and the overlap of dormant sets
+
+
+def matrix_with_singular_values(values: list[float], rows: int, seed: int = 0) -> torch.Tensor:
+    """A (rows, len(values)) matrix U diag(values) V^T with random orthogonal U, V."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(rows, len(values), generator=g, dtype=torch.double))
+    v, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=g, dtype=torch.double))
+    return u @ torch.diag(torch.tensor(values, dtype=torch.double)) @ v.T
+
+
+@pytest.mark.parametrize("values, delta, expected", [
+    ([1.0] * 8, 0.01, 8),  # 7/8 of the sum < 0.99: all eight needed
+    ([100.0, 1.0, 0.0, 0.0], 0.01, 1),  # 100/101 = 0.990099 >= 0.99
+    ([97.0, 2.5, 0.5], 0.01, 2),  # 0.97 < 0.99 <= 0.995
+    ([50.0, 30.0, 15.0, 4.5, 0.5], 0.01, 4),  # 0.5, 0.8, 0.95, 0.995
+    ([50.0, 30.0, 15.0, 4.5, 0.5], 0.1, 3),  # 0.95 >= 0.9
+    ([9.0, 1.0], 0.0, 2),  # delta 0: every non-zero singular value
+])
+def test_srank_of_known_singular_values(values, delta, expected):
+    assert srank(torch.diag(torch.tensor(values)), delta) == expected
+    # Rotations change no singular value: the same rank for U diag V^T, float32 included.
+    assert srank(matrix_with_singular_values(values, rows=20).float(), delta) == expected
+
+
+def test_srank_sums_singular_values_not_their_squares():
+    # Squared singular values would stop at 5 ((100 + 4 * 0.25) / 102 = 0.9902); unsquared, 13.5 / 14 < 0.99 needs 9.
+    values = [10.0] + [0.5] * 8
+    assert srank(torch.diag(torch.tensor(values))) == 9
+    # And with no centring: a constant feature matrix (all rows equal) has rank 1, not 0.
+    assert srank(torch.ones(64, 16)) == 1
+
+
+def test_srank_edge_cases():
+    assert srank(torch.zeros(10, 4)) == 0
+    assert srank(torch.randn(3, 512)) <= 3  # never above min(N, d)
+    with pytest.raises(ValueError, match=r"^features must be a \(states, features\) matrix, got shape \(5,\)$"):
+        srank(torch.ones(5))
+
+
+@pytest.mark.parametrize("current, earlier, expected", [
+    ([1, 1, 0, 0], [0, 0, 1, 1], 0.0),  # disjoint
+    ([1, 0, 0, 0], [1, 1, 1, 0], 1.0),  # nested: every neuron dormant now was dormant before
+    ([1, 1, 1, 0], [1, 0, 0, 0], 1.0),  # nested the other way: the smaller set is inside
+    ([1, 1, 1, 0], [0, 1, 1, 1], 2 / 3),
+    ([1, 1, 0, 0, 0], [0, 1, 1, 1, 1], 1 / 2),
+    ([0, 0, 0], [1, 1, 0], 0.0),  # nothing dormant now
+    ([1, 0, 0], [0, 0, 0], 0.0),  # nothing dormant before (the first check)
+    ([0, 0, 0], [0, 0, 0], 0.0),
+])
+def test_dormant_overlap_of_hand_computed_sets(current, earlier, expected):
+    as_mask = lambda bits: torch.tensor(bits, dtype=torch.bool)
+    assert dormant_overlap(as_mask(current), as_mask(earlier)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_dormant_overlap_refuses_masks_of_different_shapes():
+    with pytest.raises(ValueError, match=r"^masks of different shapes: \(3,\) and \(4,\)$"):
+        dormant_overlap(torch.zeros(3, dtype=torch.bool), torch.zeros(4, dtype=torch.bool))
