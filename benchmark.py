@@ -74,7 +74,7 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
 
 def random_batch(n: int = 32) -> Batch:
     frames = lambda: torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8)
-    return Batch(frames(), torch.randint(0, 6, (n,)), torch.rand(n), frames(), torch.zeros(n))
+    return Batch(frames(), torch.randint(0, 6, (n,)), torch.rand(n), frames(), torch.zeros(n), torch.full((n,), 0.99))
 
 
 def build_update_step(network: str, compile: bool, channels_last: bool, fused_adam: bool) -> Callable[[Batch], object]:
@@ -83,7 +83,7 @@ def build_update_step(network: str, compile: bool, channels_last: bool, fused_ad
     q_network = QNetwork(6, network).to(memory_format=memory_format)
     target_network = copy.deepcopy(q_network)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4, fused=fused_adam)
-    return make_train_step(q_network, target_network, optimizer, 0.99, compile)
+    return make_train_step(q_network, target_network, optimizer, compile)
 
 
 def time_update_step(step: Callable[[Batch], object], batches: list[Batch], repeats: int) -> tuple[float, float]:

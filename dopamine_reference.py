@@ -175,8 +175,8 @@ def check_against_ours(game: str, seed: int, updates: int) -> None:
         for parameter in control.parameters():
             parameter.mul_(1 + 1e-7 * torch.randn_like(parameter))
     adam = lambda network: torch.optim.Adam(network.parameters(), lr=args.learning_rate, eps=args.adam_eps)
-    train_step = dqn_redo.make_train_step(ours, target_ours, adam(ours), args.gamma, compile=False)
-    control_step = dqn_redo.make_train_step(control, target_ours, adam(control), args.gamma, compile=False)
+    train_step = dqn_redo.make_train_step(ours, target_ours, adam(ours), compile=False)
+    control_step = dqn_redo.make_train_step(control, target_ours, adam(control), compile=False)
     losses_theirs, losses_ours = [], []
     for _ in range(updates):
         index = rng.integers(len(data["state"]), size=32)
@@ -187,7 +187,8 @@ def check_against_ours(game: str, seed: int, updates: int) -> None:
         torch_batch = dqn_redo.Batch(
             obs=nchw(batch["state"]), actions=torch.from_numpy(batch["action"].astype(np.int64)),
             rewards=torch.from_numpy(batch["reward"]), next_obs=nchw(batch["next_state"]),
-            terminated=torch.from_numpy(batch["terminal"]))
+            terminated=torch.from_numpy(batch["terminal"]),
+            discounts=torch.from_numpy(args.gamma * (1 - batch["terminal"])))
         losses_ours.append(float(train_step(torch_batch)[0]))
         control_step(torch_batch)
     compare(f"Huber loss at each of {updates} updates", np.array(losses_theirs), np.array(losses_ours))

@@ -18,12 +18,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import difflib
+import json
 import math
 import os
 import pickle
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -37,9 +39,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
-from stable_baselines3.common.atari_wrappers import EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv, NoopResetEnv
+from stable_baselines3.common.atari_wrappers import FireResetEnv, MaxAndSkipEnv, NoopResetEnv
 
-from redo import dormant_fractions, dormant_scores, recycle_dormant
+from redo import dormant_fractions, dormant_overlap, dormant_scores, recycle_dormant, srank
 
 gym.register_envs(ale_py)
 
@@ -49,8 +51,11 @@ DORMANT_TAUS = (0.0, 0.025, 0.1)
 @dataclass
 class Args:
     # Experiment
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment (part of the run folder's name)"""
+    preset: Literal["dqn", "drq-eps"] = "dqn"
+    """defaults for every other flag (each one can still be given): dqn, the paper's DQN; drq-eps, DrQ(eps) on
+    Atari 100k (README)"""
+    exp_name: str | None = None
+    """the name of this experiment, part of the run folder's name (default: <preset>_<baseline|redo>_rr<ratio>)"""
     seed: int = 1
     """seed of the experiment: python, numpy, torch, the environment and the replay sampling"""
     torch_deterministic: bool = True
@@ -60,9 +65,9 @@ class Args:
     log_interval: int = 100
     """gradient steps between logs of the losses and SPS"""
     save_model: bool = False
-    """save the Q-network and args to runs/<run>/<exp-name>.pt at the end, then evaluate it"""
-    eval_episodes: int = 10
-    """full-game episodes of the evaluation after --save-model"""
+    """save the Q-network and args to runs/<run>/<exp-name>.pt at the end"""
+    eval_episodes: int = 0
+    """full games played at --eval-epsilon after training, logged as eval/episodic_return (0: none)"""
     eval_epsilon: float = 0.001
     """epsilon of the evaluation"""
 
@@ -72,9 +77,9 @@ class Args:
     sticky_actions: float = 0.25
     """probability that the emulator repeats the previous action at each frame (0: none)"""
     terminal_on_life_loss: bool = False
-    """end the learning episode (no bootstrap) when a life is lost; the game goes on (CleanRL)"""
+    """end the learning episode (no bootstrap) when a life is lost; the game goes on, with no no-op (Atari 100k)"""
     noop_max: int = 0
-    """up to this many no-op actions at each reset (CleanRL: 30)"""
+    """1 to this many no-op frames at the start of every game, also in evaluation (CleanRL, Atari 100k: 30)"""
     fire_reset: bool = False
     """press FIRE after each reset in games that need it (CleanRL)"""
     max_episode_steps: int = 27_000
@@ -109,6 +114,14 @@ class Args:
     """agent steps of warm-up (no training)"""
     replay_ratio: float = 0.25
     """gradient steps per agent step after warm-up: 0.25 is one every 4 steps, 2 is two per step"""
+    n_step: int = 1
+    """n-step returns: rewards of up to n transitions of the same episode, then the bootstrap (a termination stops it)"""
+    double_dqn: bool = False
+    """the online network picks the next action, the target network values it"""
+    dueling: bool = False
+    """a value head and an advantage head on the shared 512-unit layer: q = v + a - mean(a)"""
+    augmentation: Literal["none", "drq"] = "none"
+    """drq: DrQ(eps)'s random shift (edge-pad 4, crop) and intensity, on obs and next_obs of each update"""
 
     # ReDo
     enable_redo: bool = False
@@ -119,6 +132,8 @@ class Args:
     """gradient steps between dormant-neuron checks (logging, and recycling with --enable-redo)"""
     redo_batch_size: int = 256
     """states sampled uniformly from the replay to score neurons (the authors' code: 256; the paper's text: 64)"""
+    srank_states: int = 1024
+    """replay states whose fc1 features give srank/fc1 at each check (>= 512 for a full-rank reading)"""
 
     # Speed (results do not depend on these beyond float rounding)
     compile: bool = True
@@ -139,6 +154,22 @@ class Args:
     """a run folder or checkpoint to continue; its arguments are the defaults, and only some may change (README)"""
 
 
+# DrQ(eps) on Atari 100k (Dopamine's labs/atari_100k/configs/DrQ_eps.gin with the ReDo lab's network; README table).
+PRESETS: dict[str, dict] = {
+    "dqn": {},
+    "drq-eps": dict(
+        n_step=10, double_dqn=True, dueling=True, augmentation="drq", learning_rate=1e-4, adam_eps=1.5e-4,
+        learning_starts=1600, epsilon_decay_steps=5000, target_network_frequency=1, replay_ratio=1.0, batch_size=32,
+        sticky_actions=0.0, terminal_on_life_loss=True, noop_max=30, total_timesteps=100_000, buffer_size=100_000,
+        eval_episodes=100, redo_batch_size=64),
+}
+
+
+def preset_args(preset: str, **overrides) -> Args:
+    """The arguments of a preset, with ``overrides``: what ``--preset`` gives on the command line."""
+    return dataclasses.replace(Args(), preset=preset, **{**PRESETS[preset], **overrides})
+
+
 CHANGEABLE_ON_RESUME = {"total_timesteps", "log_interval", "checkpoint_interval", "checkpoint_buffer", "save_model",
                         "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "fused_adam",
                         "torch_threads", "resume", "exp_name"}
@@ -146,6 +177,31 @@ CHANGEABLE_ON_RESUME = {"total_timesteps", "log_interval", "checkpoint_interval"
 
 # ---------------------------------------------------------------------------------------------------
 # Environment
+
+
+class LifeLossTerminal(gym.Wrapper):
+    """A lost life ends the learning episode (``terminated``) but not the game: the ``reset`` that follows returns
+    the current frame without stepping, as Dopamine's runner begins its next episode. (SB3's EpisodicLifeEnv plays
+    a no-op agent step there, whose reward the learner never sees.) Only a game over resets the game."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.lives, self.game_over, self.last_obs = 0, True, None
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = self.env.unwrapped.ale.lives()
+        self.game_over, self.last_obs = terminated or truncated, obs
+        life_lost = 0 < lives < self.lives  # lives only go down; 0 is the game over itself
+        self.lives = lives
+        return obs, reward, terminated or life_lost, truncated, info
+
+    def reset(self, **kwargs):
+        if self.game_over:
+            obs, info = self.env.reset(**kwargs)
+            self.lives, self.game_over = self.env.unwrapped.ale.lives(), False
+            return obs, info
+        return self.last_obs, {}
 
 
 def make_env(args: Args, evaluation: bool = False) -> gym.Env:
@@ -164,7 +220,7 @@ def make_env(args: Args, evaluation: bool = False) -> gym.Env:
         env = NoopResetEnv(env, noop_max=args.noop_max)
     env = MaxAndSkipEnv(env, skip=4)
     if args.terminal_on_life_loss and not evaluation:
-        env = EpisodicLifeEnv(env)
+        env = LifeLossTerminal(env)
     if args.fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
         env = FireResetEnv(env)
     env = gym.wrappers.ResizeObservation(env, (84, 84))
@@ -178,9 +234,10 @@ def make_env(args: Args, evaluation: bool = False) -> gym.Env:
 class Batch(NamedTuple):
     obs: torch.Tensor  # uint8 (B, 4, 84, 84)
     actions: torch.Tensor  # int64 (B,)
-    rewards: torch.Tensor  # float32 (B,)
-    next_obs: torch.Tensor  # uint8 (B, 4, 84, 84)
-    terminated: torch.Tensor  # float32 (B,): 1 = no bootstrap; truncation bootstraps
+    rewards: torch.Tensor  # float32 (B,): the n-step return, sum_k gamma^k r_k over the window
+    next_obs: torch.Tensor  # uint8 (B, 4, 84, 84): the state the return bootstraps from
+    terminated: torch.Tensor  # float32 (B,): 1 = the window ends in a termination (no bootstrap)
+    discounts: torch.Tensor  # float32 (B,): gamma^(transitions in the window), 0 where terminated
 
 
 class FrameReplayBuffer:
@@ -193,14 +250,19 @@ class FrameReplayBuffer:
     observation that is not padded that way gets a slot per frame). An episode's final frame gets a
     slot of its own with no transition, so a truncated transition bootstraps from the real final
     observation. About 7.07 KB per slot.
+
+    With ``n_step`` > 1 a sampled transition's return runs over up to ``n_step`` transitions of its episode
+    (following slots): it stops after a termination (no bootstrap) or at an episode's final frame (a truncation:
+    bootstrap from that frame), and a window cut short by the unfinished newest episode is not sampled.
     """
 
     SLOT_BYTES = 84 * 84 + 4 + 4 + 1 + 1 + 1  # frame, action, reward, terminated, has_transition, offset
     _ARRAYS = ("frames", "actions", "rewards", "terminated", "has_transition", "offset")
 
     def __init__(self, capacity: int, stack: int, frame_shape: tuple[int, int], device: torch.device,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, n_step: int = 1, gamma: float = 0.99):
         self.capacity, self.stack, self.device, self.rng = capacity, stack, device, rng
+        self.n_step, self.gamma = n_step, gamma
         self.frames = np.zeros((capacity, *frame_shape), dtype=np.uint8)
         self.actions = np.zeros(capacity, dtype=np.int32)
         self.rewards = np.zeros(capacity, dtype=np.float32)
@@ -252,11 +314,25 @@ class FrameReplayBuffer:
         back = np.minimum(np.arange(self.stack - 1, -1, -1)[None, :], self.offset[slots][:, None])
         return (slots[:, None] - back) % self.capacity
 
+    def _windows(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per transition: the slots of its n-step window (stack, n), which of them it spans, and whether the window
+        is whole (not cut short by the episode still being played)."""
+        window = (slots[:, None] + np.arange(self.n_step)) % self.capacity
+        # Transition k + 1 belongs to the window if transition k did not terminate and the episode went on after it.
+        goes_on = ~self.terminated[window[:, :-1]] & self.has_transition[window[:, 1:]]
+        spanned = np.concatenate([np.ones((len(slots), 1), bool), np.logical_and.accumulate(goes_on, axis=1)], axis=1)
+        steps = spanned.sum(axis=1)
+        ended = self.terminated[window[np.arange(len(slots)), steps - 1]]
+        cut_short = (steps < self.n_step) & ~ended & self.episode_open & ((slots + steps) % self.capacity == self.current)
+        return window, spanned, ~cut_short
+
     def _sampleable(self, slots: np.ndarray) -> np.ndarray:
         ok = self.has_transition[slots]
         if self.slots_written > self.capacity:
             # The oldest slots' stacks may reach back past the write head, into newer frames.
             ok &= (slots - self.head) % self.capacity >= self.offset[slots]
+        if self.n_step > 1:
+            ok[ok] &= self._windows(slots[ok])[2]
         return ok
 
     def sample_slots(self, n: int) -> np.ndarray:
@@ -283,17 +359,28 @@ class FrameReplayBuffer:
 
     def sample(self, n: int) -> Batch:
         slots = self.sample_slots(n)
-        # A next observation is its observation shifted by one frame (the next slot's offset is one
-        # more, capped), so stack + 1 frames per transition hold both: obs and next_obs are views.
-        frame_slots = np.concatenate([self._stack_slots(slots), (slots[:, None] + 1) % self.capacity], axis=1)
+        window, spanned, _ = self._windows(slots)
+        steps = spanned.sum(axis=1)
+        terminated = self.terminated[window[np.arange(n), steps - 1]]
+        returns = (self.rewards[window] * spanned * self.gamma ** np.arange(self.n_step)).sum(axis=1)
+        discounts = np.where(terminated, 0.0, self.gamma ** steps)
         to_device = lambda array: torch.from_numpy(array).to(self.device, non_blocking=True)
-        frames = to_device(self.frames[frame_slots])
+        if self.n_step == 1:
+            # A next observation is its observation shifted by one frame (the next slot's offset is one
+            # more, capped), so stack + 1 frames per transition hold both: obs and next_obs are views.
+            frame_slots = np.concatenate([self._stack_slots(slots), (slots[:, None] + 1) % self.capacity], axis=1)
+            frames = to_device(self.frames[frame_slots])
+            obs, next_obs = frames[:, :-1], frames[:, 1:]
+        else:
+            obs = to_device(self.frames[self._stack_slots(slots)])
+            next_obs = to_device(self.frames[self._stack_slots((slots + steps) % self.capacity)])
         return Batch(
-            obs=frames[:, :-1],
+            obs=obs,
             actions=to_device(self.actions[slots].astype(np.int64)),
-            rewards=to_device(self.rewards[slots]),
-            next_obs=frames[:, 1:],
-            terminated=to_device(self.terminated[slots].astype(np.float32)),
+            rewards=to_device(returns.astype(np.float32)),
+            next_obs=next_obs,
+            terminated=to_device(terminated.astype(np.float32)),
+            discounts=to_device(discounts.astype(np.float32)),
         )
 
 
@@ -310,28 +397,35 @@ class QNetwork(nn.Module):
     weights and zero biases in every layer. Flax flattens NHWC where PyTorch flattens NCHW: that only
     permutes fc1's input columns, whose initial weights are i.i.d., so the two are the same network.
     ``nature`` is the Nature/CleanRL network: VALID padding (20x20, 9x9, 7x7) and PyTorch's default init.
+    ``dueling`` replaces the Q layer by a value and an advantage head on fc1, as Dopamine's ``FullRainbowNetwork``.
     """
 
-    def __init__(self, n_actions: int, network: str = "dopamine"):
+    def __init__(self, n_actions: int, network: str = "dopamine", dueling: bool = False):
         super().__init__()
         same = network == "dopamine"
+        self.n_actions, self.dueling = n_actions, dueling
         self.conv2_pad = (1, 2, 1, 2) if same else None  # (left, right, top, bottom)
         self.conv1 = nn.Conv2d(4, 32, 8, stride=4, padding=2 if same else 0)
         self.conv2 = nn.Conv2d(32, 64, 4, stride=2)
         self.conv3 = nn.Conv2d(64, 64, 3, stride=1, padding=1 if same else 0)
         self.fc1 = nn.Linear(64 * (11 * 11 if same else 7 * 7), 512)
-        self.q = nn.Linear(512, n_actions)
+        if dueling:
+            self.value, self.advantage = nn.Linear(512, 1), nn.Linear(512, n_actions)
+        else:
+            self.q = nn.Linear(512, n_actions)
         if same:
-            for layer in (self.conv1, self.conv2, self.conv3, self.fc1, self.q):
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+            for layer in self.modules():
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(layer.weight)
+                    nn.init.zeros_(layer.bias)
 
     @staticmethod
     def weight_init(network: str) -> Callable[[torch.Tensor], object] | None:
         """The initializer ReDo re-draws recycled weights with: the network's own (None: PyTorch's default)."""
         return nn.init.xavier_uniform_ if network == "dopamine" else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """fc1's activations (B, 512): what the Q-values are read from. ``x``: frames in [0, 255], any dtype."""
         x = F.relu(self.conv1(x.float() / 255.0))
         if self.conv2_pad is not None:
             x = F.pad(x, self.conv2_pad)
@@ -339,31 +433,66 @@ class QNetwork(nn.Module):
         # ReLU after the flatten gives the same values; under torch.compile with channels_last it lets the
         # backward reuse the saved fc1 input instead of storing a ReLU mask, 0.6 ms of a 13 ms update on CPU.
         x = F.relu(self.conv3(x).flatten(1))
-        x = F.relu(self.fc1(x))
-        return self.q(x)
+        return F.relu(self.fc1(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        if not self.dueling:
+            return self.q(x)
+        advantage = self.advantage(x)
+        return self.value(x) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
-def make_train_step(q_network: nn.Module, target_network: nn.Module, optimizer: torch.optim.Optimizer, gamma: float,
-                    compile: bool) -> Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]:
-    """One DQN update: Huber loss on the max target, backward, optimizer step. Returns (loss, mean Q) as
+def drq_augment(frames: torch.Tensor) -> torch.Tensor:
+    """DrQ(eps)'s augmentation of a batch of frame stacks (B, C, H, W), as Dopamine's ``drq_image_augmentation``
+    (``labs/atari_100k/atari_100k_rainbow_agent.py``): edge-pad 4 pixels, crop back to H x W at offsets drawn from
+    0..7 in each direction, then scale by 1 + 0.05 * clip(N(0, 1), -2, 2). One crop and one scale per sample,
+    shared by its C stacked frames. Returns float32 on the frames' [0, 255] scale (the network divides by 255;
+    scaling commutes with the rest). Draws from torch's global generator."""
+    b, _, h, w = frames.shape
+    windows = F.pad(frames, (4, 4, 4, 4), mode="replicate").unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 9, 9, H, W)
+    rows, cols = torch.randint(0, 8, (2, b), device=frames.device)
+    cropped = windows[torch.arange(b, device=frames.device), :, rows, cols]  # copies only the crops
+    intensity = 1.0 + 0.05 * torch.randn(b, 1, 1, 1, device=frames.device).clamp(-2.0, 2.0)
+    return cropped.float() * intensity
+
+
+def make_train_step(q_network: nn.Module, target_network: nn.Module, optimizer: torch.optim.Optimizer, compile: bool,
+                    double_dqn: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]:
+    """One DQN update: Huber loss on ``rewards + discounts * Q_target(next_obs, a')``, backward, optimizer step,
+    with a' the target's argmax, or the online network's with ``double_dqn``. ``augment`` (e.g.
+    :func:`drq_augment`) draws obs and next_obs afresh, independently, at each update. Returns (loss, mean Q) as
     tensors, so that nothing waits for the device unless they are read. With ``compile``, the loss runs
-    under torch.compile, which also generates its backward; the optimizer step stays eager (a fused
-    Adam is one kernel already). ReDo's in-place edits of weights and Adam state are seen by the
-    compiled code as by eager code (same tensors). If compiling fails, it warns once and runs eagerly."""
+    under torch.compile, which also generates its backward; the optimizer step and the augmentation's draws
+    stay eager (a fused Adam is one kernel already; eager draws keep the seeded stream). ReDo's in-place edits
+    of weights and Adam state are seen by the compiled code as by eager code (same tensors). If compiling
+    fails, it warns once and runs eagerly."""
 
-    def td_loss(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def td_loss(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
+                discounts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            target_max = target_network(batch.next_obs).max(dim=1).values
-            td_target = batch.rewards + gamma * target_max * (1 - batch.terminated)
-        q_taken = q_network(batch.obs).gather(1, batch.actions[:, None]).squeeze(1)
+            next_q = target_network(next_obs)
+            chooser = q_network(next_obs) if double_dqn else next_q
+            next_value = next_q.gather(1, chooser.argmax(dim=1, keepdim=True)).squeeze(1)
+            td_target = rewards + discounts * next_value
+        q_taken = q_network(obs).gather(1, actions[:, None]).squeeze(1)
         return F.smooth_l1_loss(q_taken, td_target), q_taken.detach().mean()
 
     loss_fn, compiling = (torch.compile(td_loss), True) if compile else (td_loss, False)
 
     def train_step(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal loss_fn, compiling
+        obs, next_obs = (augment(batch.obs), augment(batch.next_obs)) if augment else (batch.obs, batch.next_obs)
+        inputs = (obs, batch.actions, batch.rewards, next_obs, batch.discounts)
+        if compiling:
+            print("\ncompiling the update with torch.compile (once per process; 20-60 s on a CPU) ...", file=sys.stderr,
+                  flush=True)
+            started = time.time()
         try:  # the first call compiles, before anything of the step has run
-            loss, q_mean = loss_fn(batch)
+            loss, q_mean = loss_fn(*inputs)
+            if compiling:
+                print(f"compiled in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
         except Exception as error:  # e.g. no C++ compiler on the machine
             if not compiling:
                 raise
@@ -371,7 +500,7 @@ def make_train_step(q_network: nn.Module, target_network: nn.Module, optimizer: 
             print(f"warning: torch.compile failed ({type(error).__name__}: {reason}); training eagerly",
                   file=sys.stderr)
             loss_fn = td_loss
-            loss, q_mean = loss_fn(batch)
+            loss, q_mean = loss_fn(*inputs)
         compiling = False
         optimizer.zero_grad()
         loss.backward()
@@ -412,7 +541,7 @@ def epsilon_at(args: Args, step: int) -> float:
 def act(q_network: QNetwork, obs: np.ndarray, epsilon: float, rng: np.random.Generator, device: torch.device) -> int:
     """Epsilon-greedy: a uniform random action with probability ``epsilon``, else the Q-network's argmax."""
     if rng.random() < epsilon:
-        return int(rng.integers(q_network.q.out_features))
+        return int(rng.integers(q_network.n_actions))
     with torch.no_grad():
         return int(q_network(torch.as_tensor(obs, device=device)[None]).argmax(dim=1).item())
 
@@ -423,10 +552,14 @@ def gradient_steps_due(training_steps: int, replay_ratio: Fraction) -> int:
 
 
 def check_dormant(q_network: QNetwork, optimizer: torch.optim.Optimizer, rb: FrameReplayBuffer, args: Args, writer,
-                  step: int, recycle: bool) -> float:
-    """Scores the Q-network's neurons on a uniform replay sample and logs the dormant fractions at every tau; with
-    ``recycle``, recycles the --redo-tau-dormant neurons, and the fractions logged are those just before. Returns
-    the total fraction at --redo-tau."""
+                  step: int, recycle: bool, counters: Counters) -> float:
+    """Scores the Q-network's neurons on a uniform replay sample and logs the dormant fractions at every tau, the
+    overlap of fc1's --redo-tau-dormant set with the union of the earlier ones (``counters.fc1_dormant_before``,
+    updated), and srank of fc1's features on --srank-states other replay states; with ``recycle``, recycles the
+    --redo-tau-dormant neurons, and everything logged is measured just before. Returns the total fraction at
+    --redo-tau."""
+    with torch.no_grad():
+        writer.add_scalar("srank/fc1", srank(q_network.features(rb.sample(args.srank_states).obs)), step)
     states = rb.sample(args.redo_batch_size).obs
     if recycle:
         result = recycle_dormant(q_network, optimizer, states, tau=args.redo_tau,
@@ -440,16 +573,20 @@ def check_dormant(q_network: QNetwork, optimizer: torch.optim.Optimizer, rb: Fra
     for tau in sorted({*DORMANT_TAUS, args.redo_tau}):
         for name, fraction in dormant_fractions(scores, tau).items():
             writer.add_scalar(f"dormant/tau={tau:g}/{name}", fraction, step)
+    fc1_dormant = scores["fc1"].cpu() <= args.redo_tau
+    writer.add_scalar("dormant/overlap/fc1", dormant_overlap(fc1_dormant, counters.fc1_dormant_before), step)
+    counters.fc1_dormant_before |= fc1_dormant
     return dormant_fractions(scores, args.redo_tau)["total"]
 
 
-def evaluate(q_network: QNetwork, args: Args, device: torch.device) -> list[float]:
-    """Full-game returns (unclipped, no life-loss terminals) of the epsilon-greedy policy at --eval-epsilon."""
+def evaluate(q_network: QNetwork, args: Args, device: torch.device, stop: StopSignal | None = None) -> list[float]:
+    """Full-game returns (unclipped, no life-loss terminals) of the epsilon-greedy policy at --eval-epsilon; fewer
+    than --eval-episodes if ``stop`` is signalled."""
     env = make_env(args, evaluation=True)
     rng = np.random.default_rng(args.seed + 1)
     returns = []
     obs, _ = env.reset(seed=args.seed + 1)
-    while len(returns) < args.eval_episodes:
+    while len(returns) < args.eval_episodes and (stop is None or stop.signum is None):
         obs, _, terminated, truncated, info = env.step(act(q_network, obs, args.eval_epsilon, rng, device))
         if terminated or truncated:
             returns.append(float(info["episode"]["r"]))
@@ -463,11 +600,12 @@ def evaluate(q_network: QNetwork, args: Args, device: torch.device) -> list[floa
 
 
 def parse_command_line() -> tuple[Args, dict | None]:
-    """The arguments and, with --resume, the checkpoint, read once: the run's saved arguments are the defaults,
-    and only what is given again on the command line changes."""
-    args = tyro.cli(Args)
+    """The arguments and, with --resume, the checkpoint, read once. The defaults are --preset's (so that
+    ``--preset drq-eps --help`` shows them), or with --resume the run's saved arguments: only what is given on
+    the command line changes."""
+    args = tyro.cli(Args, args=[arg for arg in sys.argv[1:] if arg not in ("-h", "--help")])
     if args.resume is None:
-        return args, None
+        return tyro.cli(Args, default=preset_args(args.preset)), None
     checkpoint, error = load_checkpoint(args.resume)
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
@@ -511,8 +649,10 @@ def argument_error(args: Args) -> str | None:
         return f"--torch-threads must be >= 0, got {args.torch_threads}"
     if args.checkpoint_interval < 0:
         return f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}"
+    if args.eval_episodes < 0:
+        return f"--eval-episodes must be >= 0, got {args.eval_episodes}"
     positive = ["total_timesteps", "max_episode_steps", "buffer_size", "batch_size", "target_network_frequency",
-                "epsilon_decay_steps", "redo_interval", "redo_batch_size", "log_interval", "eval_episodes"]
+                "epsilon_decay_steps", "redo_interval", "redo_batch_size", "srank_states", "log_interval", "n_step"]
     for name in positive:
         if getattr(args, name) <= 0:
             return f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
@@ -528,7 +668,8 @@ def argument_error(args: Args) -> str | None:
         return f"--sticky-actions is a probability in [0, 1], got {args.sticky_actions}"
     if args.noop_max < 0:
         return f"--noop-max must be >= 0, got {args.noop_max}"
-    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name or args.exp_name in (".", ".."):
+    if args.exp_name is not None and (not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name
+                                      or args.exp_name in (".", "..")):
         return f"--exp-name '{args.exp_name}' must be a plain name, without a path separator (runs go in runs/)"
     if not (0 <= args.end_e <= 1 and 0 <= args.start_e <= 1 and 0 <= args.eval_epsilon <= 1):
         return "--start-e, --end-e and --eval-epsilon must be in [0, 1]"
@@ -560,7 +701,9 @@ def resume_mismatch(args: Args, checkpoint: dict) -> str | None:
             flag = f"--{key.replace('_', '-')}"
             return (f"cannot resume with {flag} {getattr(args, key)}: the run was made with {flag} {value} "
                     "(only --total-timesteps, logging, checkpointing, evaluation and speed options may change)")
-    if args.total_timesteps <= checkpoint["global_step"]:
+    final_evaluation_due = args.eval_episodes and not os.path.exists(os.path.join(checkpoint["run_dir"], EVALUATED))
+    if args.total_timesteps < checkpoint["global_step"] or (
+            args.total_timesteps == checkpoint["global_step"] and not final_evaluation_due):
         return (f"--total-timesteps {args.total_timesteps:,} is not past the checkpoint's step "
                 f"{checkpoint['global_step']:,}: the run is done up to there; pass a larger --total-timesteps to "
                 "extend it")
@@ -743,8 +886,8 @@ def restore_run(checkpoint: dict, args: Args, counters: Counters, progress: Prog
     load_optimizer_state(optimizer, checkpoint["optimizer"])
     restore_env_state(env, checkpoint["env"])
     saved = checkpoint["counters"]
-    for field in dataclasses.fields(Counters):
-        setattr(counters, field.name, saved[field.name])
+    for field in dataclasses.fields(Counters):  # a checkpoint from before a field existed keeps its default
+        setattr(counters, field.name, saved.get(field.name, getattr(counters, field.name)))
     progress.last_return, progress.last_dormant = saved["last_return"], saved["last_dormant"]
     restore_rng_state(checkpoint["rng"], rng, device)
     if checkpoint["buffer"] is not None:
@@ -767,6 +910,8 @@ class Counters:
     training_steps: int = 0  # agent steps past the warm-up
     warmup_left: int = 0  # agent steps of warm-up still to play (again after a resume without saved replay)
     episode_steps: int = 0
+    # fc1 neurons --redo-tau-dormant at any check so far (for dormant/overlap/fc1)
+    fc1_dormant_before: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(512, dtype=torch.bool))
 
 
 class StopSignal:
@@ -841,14 +986,48 @@ class Progress:
         self.restart_clock(global_step + 1)
         steps_left = self.args.total_timesteps - global_step - 1
         eta = "warming up" if warming_up else f"ETA {format_duration(steps_left / sps if steps_left else 0)}"
+        # "-" until a game has ended and the first check has run (in the warm-up)
+        last_return = "-" if math.isnan(self.last_return) else f"{self.last_return:.0f}"
+        dormant = "-" if math.isnan(self.last_dormant) else f"{100 * self.last_dormant:.1f}%"
         line = (f"step {global_step + 1:,}/{self.args.total_timesteps:,} | {sps:.0f} SPS | eps {epsilon:.3f} | "
-                f"return {self.last_return:.0f} | dormant(tau={self.args.redo_tau:g}) "
-                f"{100 * self.last_dormant:.1f}% | {eta}")
+                f"return {last_return} | dormant(tau={self.args.redo_tau:g}) {dormant} | {eta}")
         print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Run folder, logging, the saved model
+
+
+def hardware(device: torch.device) -> str:
+    """The CPU model and core count (and the GPU), for figures that say where a run was made."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
+
+
+def code_commit() -> str:
+    """The git commit of this file's checkout ('+' if it has uncommitted changes), or 'unknown'."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    try:
+        run = lambda *command: subprocess.run(["git", *command], cwd=folder, capture_output=True, text=True,
+                                              timeout=10)
+        commit = run("rev-parse", "--short", "HEAD")
+        if commit.returncode != 0:
+            return "unknown"
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", os.path.basename(__file__), "redo.py")
+        return commit.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def default_exp_name(args: Args) -> str:
+    """<preset>_<baseline|redo>_rr<replay ratio>: tells a run's arms apart in TensorBoard's run list."""
+    return f"{args.preset}_{'redo' if args.enable_redo else 'baseline'}_rr{args.replay_ratio:g}"
 
 
 def new_run_dir(args: Args) -> str:
@@ -861,13 +1040,31 @@ def new_run_dir(args: Args) -> str:
 def print_setup(args: Args, run_dir: str, start_step: int, device: torch.device, resuming: bool) -> None:
     print(f"{'resuming' if resuming else 'run'} {run_dir} at step {start_step:,} on {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
-    print(f"network {args.network}; {args.env_id}: sticky actions {args.sticky_actions:g}, "
+    print(f"{args.preset} preset: {'dueling ' if args.dueling else ''}network {args.network}, {args.n_step}-step "
+          f"{'double DQN' if args.double_dqn else 'DQN'}, augmentation {args.augmentation}, replay ratio "
+          f"{args.replay_ratio:g}, ReDo {'on' if args.enable_redo else 'off'} (tau {args.redo_tau:g}, every "
+          f"{args.redo_interval:,} updates)")
+    print(f"{args.env_id}: sticky actions {args.sticky_actions:g}, "
           f"{'life loss terminal' if args.terminal_on_life_loss else 'full-game episodes'}, no-op reset "
           f"{args.noop_max}, FIRE reset {'on' if args.fire_reset else 'off'}, cap {args.max_episode_steps:,} steps; "
           f"epsilon {args.start_e:g} -> {args.end_e:g} over {args.epsilon_decay_steps:,} steps "
           f"{'after the warm-up' if args.epsilon_after_warmup else 'from step 0'}")
     print(f"allocating the replay buffer: {args.buffer_size:,} transitions, "
           f"{FrameReplayBuffer.bytes_needed(args.buffer_size) / 2**30:.2f} GiB")
+
+
+def dashboard_layout(args: Args) -> dict:
+    """TensorBoard's Custom Scalars tab: the signals that matter on one page (the usual tabs keep every tag)."""
+    taus = sorted({*DORMANT_TAUS, args.redo_tau})
+    return {"ReDo at a glance": {
+        "dormant share of all hidden neurons, per tau": ["Multiline", [f"^dormant/tau={t:g}/total$" for t in taus]],
+        f"dormant share per layer, tau = {args.redo_tau:g}": ["Multiline", [rf"^dormant/tau={args.redo_tau:g}/"]],
+        "neurons recycled at each check (with --enable-redo)": ["Multiline", ["^redo/recycled/"]],
+        "fc1: srank (Kumar et al.) of its features": ["Multiline", ["^srank/fc1$"]],
+        "fc1: overlap of the dormant set with the earlier ones": ["Multiline", ["^dormant/overlap/fc1$"]],
+        "episodic return (training, full games)": ["Multiline", ["^charts/episodic_return$"]],
+        "TD loss": ["Multiline", ["^losses/td_loss$"]],
+    }}
 
 
 def log_episode(writer, info: dict, counters: Counters, epsilon: float, step: int) -> float:
@@ -887,13 +1084,28 @@ def log_losses(writer, loss: torch.Tensor, q_mean: torch.Tensor, counters: Count
     writer.add_scalar("charts/gradient_steps", counters.gradient_steps, step)
 
 
-def save_and_evaluate(q_network: QNetwork, args: Args, run_dir: str, writer, device: torch.device) -> None:
+def save_model(q_network: QNetwork, args: Args, run_dir: str) -> None:
     model_path = f"{run_dir}/{args.exp_name}.pt"
     torch.save({"model": q_network.state_dict(), "args": dataclasses.asdict(args)}, model_path)  # weights-only
     print(f"model saved to {model_path}")
-    returns = evaluate(q_network, args, device)
+
+
+EVALUATED = "evaluation.json"  # in the run folder once the final evaluation is complete
+
+
+def evaluate_and_log(q_network: QNetwork, args: Args, writer, device: torch.device, run_dir: str,
+                     stop: StopSignal) -> None:
+    """The final evaluation, logged only once complete (an interrupted one is played again on --resume)."""
+    print(f"evaluating: {args.eval_episodes} full games at epsilon {args.eval_epsilon:g}", file=sys.stderr)
+    returns = evaluate(q_network, args, device, stop)
+    if len(returns) < args.eval_episodes:
+        print(f"evaluation interrupted after {len(returns)} of {args.eval_episodes} games; --resume plays it again",
+              file=sys.stderr)
+        return
     for episode, episodic_return in enumerate(returns):
         writer.add_scalar("eval/episodic_return", episodic_return, episode)
+    with open(os.path.join(run_dir, EVALUATED), "w") as file:
+        json.dump({"epsilon": args.eval_epsilon, "returns": returns}, file)
     print(f"evaluation over {len(returns)} episodes: mean return {np.mean(returns):.1f}")
 
 
@@ -904,35 +1116,39 @@ def save_and_evaluate(q_network: QNetwork, args: Args, run_dir: str, writer, dev
 def main(args: Args, checkpoint: dict | None = None) -> None:
     """Trains. ``checkpoint``: the one --resume names, if the caller has read it already."""
     checkpoint = checked_arguments(args, checkpoint)  # or a one-line error and exit 2, before anything is made
+    args.exp_name = args.exp_name or default_exp_name(args)
     from torch.utils.tensorboard import SummaryWriter
 
     run_dir = checkpoint["run_dir"] if checkpoint else new_run_dir(args)
     start_step = checkpoint["global_step"] if checkpoint else 0
     # purge_step drops what an interrupted run logged after its checkpoint: curves continue without duplicates.
     writer = SummaryWriter(run_dir, purge_step=start_step if checkpoint else None)
-    writer.add_text("hyperparameters" if checkpoint is None else f"resumed at step {start_step}",
-                    "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()), start_step)
-
-    # TRY NOT TO MODIFY: seeding
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    logged = {**vars(args), "device (used)": device, "hardware": hardware(device), "commit": code_commit()}
+    writer.add_text("hyperparameters" if checkpoint is None else f"resumed at step {start_step}",
+                    "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in logged.items()), start_step)
+    writer.add_custom_scalars(dashboard_layout(args))
+
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     rng = np.random.default_rng(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     print_setup(args, run_dir, start_step, device, resuming=checkpoint is not None)
 
     env = make_env(args)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    q_network = QNetwork(env.action_space.n, args.network).to(device, memory_format=memory_format)
+    q_network = QNetwork(env.action_space.n, args.network, args.dueling).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps,
                                  fused=args.fused_adam)
-    target_network = QNetwork(env.action_space.n, args.network).to(device, memory_format=memory_format)
+    target_network = QNetwork(env.action_space.n, args.network, args.dueling).to(device, memory_format=memory_format)
     target_network.load_state_dict(q_network.state_dict())
-    rb = FrameReplayBuffer(args.buffer_size, 4, (84, 84), device, rng)
-    train_step = make_train_step(q_network, target_network, optimizer, args.gamma, args.compile)
+    rb = FrameReplayBuffer(args.buffer_size, 4, (84, 84), device, rng, args.n_step, args.gamma)
+    train_step = make_train_step(q_network, target_network, optimizer, args.compile, args.double_dqn,
+                                 drq_augment if args.augmentation == "drq" else None)
 
     obs, _ = env.reset(seed=args.seed)
     counters, progress = Counters(warmup_left=args.learning_starts), Progress(args, start_step)
@@ -940,6 +1156,7 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
     if checkpoint is not None:
         obs = restore_run(checkpoint, *run)
     divergence, stop = DivergenceWatch(counters.gradient_steps, device), StopSignal()
+    updates_before = counters.gradient_steps
     replay_ratio = Fraction(str(args.replay_ratio))  # exact: 0.1 is 1/10, not 0.1000000000000000055
     exit_code, global_step = 0, start_step - 1
     try:
@@ -961,10 +1178,13 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
                     progress.restart_clock(global_step + 1)
             else:
                 if counters.training_steps == 0:  # the fractions at initialization, before any update
-                    progress.last_dormant = check_dormant(q_network, optimizer, rb, args, writer, global_step, False)
+                    progress.last_dormant = check_dormant(q_network, optimizer, rb, args, writer, global_step, False,
+                                                          counters)
                 counters.training_steps += 1
                 while counters.gradient_steps < gradient_steps_due(counters.training_steps, replay_ratio):
                     loss, q_mean = train_step(rb.sample(args.batch_size))
+                    if counters.gradient_steps == updates_before:  # this process's first update, which compiles:
+                        progress.restart_clock(global_step)  # the speed and ETA leave it out
                     divergence.watch(loss, q_mean)
                     counters.gradient_steps += 1
                     if counters.gradient_steps % args.log_interval == 0:
@@ -973,7 +1193,7 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
                     if counters.gradient_steps % args.redo_interval == 0:
                         divergence.check(global_step)
                         progress.last_dormant = check_dormant(q_network, optimizer, rb, args, writer, global_step,
-                                                              args.enable_redo)
+                                                              args.enable_redo, counters)
                 if global_step % args.target_network_frequency == 0:
                     target_network.load_state_dict(q_network.state_dict())
 
@@ -988,10 +1208,13 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
         if stop.signum is None:
             print(file=sys.stderr)
             divergence.check(global_step)
-            if args.checkpoint_interval and (global_step + 1) % args.checkpoint_interval != 0:
+            trained = global_step + 1 > start_step  # not only a resume to play the final evaluation
+            if trained and args.checkpoint_interval and (global_step + 1) % args.checkpoint_interval != 0:
                 save_run(*run, run_dir, global_step + 1, obs)  # so that the run can be extended
             if args.save_model:
-                save_and_evaluate(q_network, args, run_dir, writer, device)
+                save_model(q_network, args, run_dir)
+            if args.eval_episodes:
+                evaluate_and_log(q_network, args, writer, device, run_dir, stop)
     except Diverged as error:
         print(f"\nerror: {error}; stopping without overwriting the last checkpoint in {run_dir}", file=sys.stderr)
         exit_code = 3
@@ -1000,7 +1223,17 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
     if stop.signum is not None and exit_code == 0:
         print(f"stopped at step {global_step + 1:,}; continue with: python {os.path.basename(__file__)} "
               f"--resume {run_dir}", file=sys.stderr)
+        if not args.checkpoint_buffer:
+            print(f"(the replay was not saved, as --checkpoint-buffer was off: the resumed run first plays "
+                  f"{args.learning_starts:,} agent steps to refill it, counted in --total-timesteps, with epsilon "
+                  "going on from where it is)", file=sys.stderr)
         exit_code = 128 + stop.signum
+    elif exit_code == 0:
+        dormant = "-" if math.isnan(progress.last_dormant) else f"{100 * progress.last_dormant:.1f} %"
+        print(f"done: {global_step + 1:,} agent steps ({counters.gradient_steps:,} updates) in "
+              f"{format_duration(time.time() - progress.start_time)}; dormant at tau={args.redo_tau:g}, last check: "
+              f"{dormant}; logs and checkpoint in {run_dir}\n  tensorboard --logdir {os.path.dirname(run_dir)}\n"
+              f"  python plot.py {run_dir}", file=sys.stderr)
     if exit_code:
         sys.exit(exit_code)
 

@@ -57,10 +57,13 @@ class Run:
     redo_tau: float
     code: str  # "" for dqn_redo.py; "Dopamine" for dopamine_reference.py
     scalars: dict[str, tuple[np.ndarray, np.ndarray]]  # tag -> (agent steps, values)
+    preset: str = "dqn"  # dqn_redo.py's --preset (runs from before it existed: dqn)
+    hardware: str = ""  # as the run logged it (runs from before: "")
+    commit: str = ""
 
     @property
-    def group(self) -> tuple[str, float, bool, str]:
-        return self.env_id, self.replay_ratio, self.redo, self.code
+    def group(self) -> tuple[str, str, float, bool, str]:
+        return self.env_id, self.preset, self.replay_ratio, self.redo, self.code
 
     @property
     def last_step(self) -> int:
@@ -68,7 +71,8 @@ class Run:
 
     @property
     def arm(self) -> str:
-        name = f"DQN + ReDo (tau={self.redo_tau:g})" if self.redo else "DQN"
+        agent = "DrQ(ε)" if self.preset == "drq-eps" else "DQN"
+        name = f"{agent} + ReDo (tau={self.redo_tau:g})" if self.redo else agent
         return f"{name}, {self.code}'s code" if self.code else name
 
 
@@ -96,7 +100,8 @@ def load_run(path: str) -> Run | None:
         points = events.Scalars(tag)
         scalars[tag] = (np.array([p.step for p in points]), np.array([p.value for p in points]))
     return Run(path, params["env_id"], float(params["replay_ratio"]), params["enable_redo"] == "True",
-               float(params["redo_tau"]), params.get("code", ""), scalars)
+               float(params["redo_tau"]), params.get("code", ""), scalars, params.get("preset", "dqn"),
+               params.get("hardware", ""), params.get("commit", ""))
 
 
 def iqm(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -147,6 +152,16 @@ def truncated(run: Run, max_steps: int) -> Run:
     return replace(run, scalars=scalars)
 
 
+def how_made(runs: list[Run]) -> str:
+    """What a figure shows, from its runs' own logs: length, seeds per curve, hardware, commits."""
+    ends = sorted({round(run.last_step / 1000) for run in runs})
+    length = f"{ends[0]}k agent steps" if len(ends) == 1 else f"{ends[0]}k to {ends[-1]}k agent steps"
+    seeds = sorted({len([r for r in runs if r.group == run.group]) for run in runs})
+    hardware = "; ".join(sorted({run.hardware for run in runs if run.hardware})) or "hardware not logged"
+    commits = ", ".join(sorted({run.commit for run in runs if run.commit})) or "not logged"
+    return f"{length}, {'/'.join(map(str, seeds))} seed(s) per curve; {hardware}; commit {commits}"
+
+
 def plot_panel(ax, groups: dict, tag: str, args: Args, scale: float = 1.0) -> None:
     from matplotlib import pyplot as plt
 
@@ -186,7 +201,10 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
     statistic_name = "mean" if args.aggregate == "mean" else "IQM"
     for env_id, groups in sorted(by_env.items()):
         game = env_id.replace("/", "-")
-        subtitle = f"{env_id}: {statistic_name} over seeds, 95 % bootstrap CI" + (f"\n{args.note}" if args.note else "")
+        game_runs = [run for runs_of_group in groups.values() for run in runs_of_group]
+        band = ", 95 % bootstrap CI" if any(len(members) > 1 for members in groups.values()) else ""
+        subtitle = f"{env_id}: {statistic_name} over seeds{band}\n{how_made(game_runs)}" + (
+            f"\n{args.note}" if args.note else "")
 
         fig, ax = plt.subplots(figsize=(8.5, 4.8))
         plot_panel(ax, groups, "charts/episodic_return", args)
@@ -214,6 +232,35 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"Dormant neurons per layer\n{subtitle}", fontsize=10)
         figures[f"{args.prefix}{game}_dormant_layers"] = fig
+
+        if any("srank/fc1" in run.scalars for run in game_runs):
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+            plot_panel(axes[0], groups, "srank/fc1", args)
+            axes[0].set_ylabel("srank of fc1's features (of 512)")
+            plot_panel(axes[1], groups, "dormant/overlap/fc1", args, scale=100)
+            axes[1].set_ylabel("fc1's dormant set now vs. ever before, overlap %")
+            axes[0].legend(fontsize=8)
+            fig.suptitle(f"Effective rank (Kumar et al.) and overlap of dormant sets (tau = --redo-tau)\n{subtitle}",
+                         fontsize=10)
+            figures[f"{args.prefix}{game}_srank_overlap"] = fig
+
+        evaluated = {group: [run for run in members if "eval/episodic_return" in run.scalars]
+                     for group, members in sorted(groups.items())}
+        evaluated = {group: members for group, members in evaluated.items() if members}
+        if evaluated:
+            fig, ax = plt.subplots(figsize=(8.5, 4.8))
+            for k, (group, members) in enumerate(evaluated.items()):
+                per_run = [run.scalars["eval/episodic_return"][1].mean() for run in members]
+                ax.bar(k, np.mean(per_run), color=f"C{k}", alpha=0.5)
+                ax.scatter([k] * len(per_run), per_run, color=f"C{k}", zorder=3)
+            ax.set_xticks(range(len(evaluated)), [group_label(m) for m in evaluated.values()], fontsize=7,
+                          rotation=10)
+            ax.set_ylabel("final evaluation: mean return per run (dots), their mean (bar)")
+            ax.grid(alpha=0.3, axis="y")
+            games = {len(run.scalars["eval/episodic_return"][1]) for m in evaluated.values() for run in m}
+            fig.suptitle(f"Final evaluation ({'/'.join(map(str, sorted(games)))} full games per run)\n{subtitle}",
+                         fontsize=10)
+            figures[f"{args.prefix}{game}_eval"] = fig
     for fig in figures.values():
         fig.tight_layout()
     return figures
@@ -406,26 +453,32 @@ def main(args: Args) -> None:
 
 
 def final_value(run: Run, tag: str, fraction: float = 0.1) -> float:
-    """Mean of the values logged in the last `fraction` of the run's steps."""
+    """Mean of the values logged in the last `fraction` of the run's agent steps (NaN if none was)."""
     if tag not in run.scalars:
         return float("nan")
     steps, values = run.scalars[tag]
-    return float(values[steps >= steps.max() - fraction * steps.max()].mean())
+    window = values[steps >= (1 - fraction) * run.last_step]
+    return float(window.mean()) if len(window) else float("nan")
 
 
 def summary_table(runs: list[Run]) -> str:
     """A markdown table: per group, each seed's end-of-run values, then their mean."""
-    lines = ["| game | agent | runs | agent steps | return, last 10 % of steps | dormant % tau=0 (last 10 %) "
-             "| dormant % tau=0.1 (last 10 %) |", "|-|-|-|-|-|-|-|"]
+    lines = ["Windows: the last 10 % of each run's agent steps. Final evaluation: mean return over the run's "
+             "evaluation games (- if none).", "",
+             "| game | agent | runs | agent steps | return, last 10 % | final evaluation | dormant % tau=0 (last 10 %) "
+             "| dormant % tau=0.1 (last 10 %) |", "|-|-|-|-|-|-|-|-|"]
     for group in sorted({run.group for run in runs}):
         members = [run for run in runs if run.group == group]
         last_steps = [run.last_step for run in members]
         returns = [final_value(run, "charts/episodic_return") for run in members]
         dormant = {tau: [100 * final_value(run, f"dormant/tau={tau}/total") for run in members] for tau in ("0", "0.1")}
-        show = lambda xs, digits: f"{np.nanmean(xs):.{digits}f} ({', '.join(f'{x:.{digits}f}' for x in xs)})"
+        evaluation = [run.scalars["eval/episodic_return"][1].mean() for run in members
+                      if "eval/episodic_return" in run.scalars]
+        show = lambda xs, digits: (f"{np.nanmean(xs):.{digits}f} ({', '.join(f'{x:.{digits}f}' for x in xs)})"
+                                   if xs else "-")
         lines.append(f"| {group[0]} | {group_label(members)} | {len(members)} | "
                      f"{', '.join(f'{s:,}' for s in sorted(set(last_steps)))} | {show(returns, 0)} | "
-                     f"{show(dormant['0'], 1)} | {show(dormant['0.1'], 1)} |")
+                     f"{show(evaluation, 0)} | {show(dormant['0'], 1)} | {show(dormant['0.1'], 1)} |")
     return "\n".join(lines)
 
 

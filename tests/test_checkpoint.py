@@ -25,10 +25,15 @@ SMALL = ["--learning-starts", "200", "--buffer-size", "1000", "--replay-ratio", 
          "--redo-batch-size", "64"]
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+# DrQ(eps): n-step windows, augmentation draws, dueling heads, life-loss terminals and no-op starts resume exactly too.
+DRQ = ["--preset", "drq-eps", "--eval-episodes", "0", "--srank-states", "128"]
+
+
+@pytest.mark.parametrize("preset", [[], DRQ], ids=["dqn", "drq-eps"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, preset):
     (tmp_path / "full").mkdir()
     (tmp_path / "part").mkdir()
-    one_core = ["--torch-threads", "1"]  # the uninterrupted run goes on beside the others, one core each
+    one_core = ["--torch-threads", "1", *preset]  # the uninterrupted run goes on beside the others, one core each
     full = start_script(tmp_path / "full", *SMALL, *one_core, "--total-timesteps", "600", "--checkpoint-interval", "0")
     # Stopped at 301 (in the middle of the replay-ratio schedule), resumed, killed without a later
     # checkpoint (simulated: the step-301 one is put back), and resumed again.
@@ -46,7 +51,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert full.returncode == 0, full_stderr[-2000:]
     expected, got = scalars(only_run(tmp_path / "full")), scalars(run_dir)
     for tag in ["losses/td_loss", "losses/q_values", "dormant/tau=0.1/total", "dormant/tau=0/fc1",
-                "redo/recycled/total", "charts/gradient_steps", "charts/SPS"]:
+                "dormant/overlap/fc1", "srank/fc1", "redo/recycled/total", "charts/gradient_steps", "charts/SPS"]:
         # No duplicates: what the killed process logged after step 301 is purged.
         assert [step for step, _ in got[tag]] == [step for step, _ in expected[tag]], tag
         if tag != "charts/SPS":

@@ -1,5 +1,6 @@
 """dqn_redo.py end to end on the real game, and its pieces."""
 
+import json
 import math
 import os
 import subprocess
@@ -61,10 +62,16 @@ def test_end_to_end_logs_every_tag(redo_run):
     expected = ["charts/episodic_return", "charts/episodic_length", "charts/epsilon", "charts/SPS",
                 "losses/td_loss", "losses/q_values", "charts/gradient_steps", "redo/recycled/total"]
     expected += [f"dormant/tau={tau}/{layer}" for tau in ("0", "0.025", "0.1") for layer in LAYERS + ["total"]]
-    expected += [f"redo/recycled/{layer}" for layer in LAYERS]
+    expected += [f"redo/recycled/{layer}" for layer in LAYERS] + ["srank/fc1", "dormant/overlap/fc1"]
     assert set(expected) <= set(logged), sorted(set(expected) - set(logged))
     assert not any(tag.endswith("/q") for tag in logged)  # the output layer is never scored
-    assert "hyperparameters/text_summary" in logged["_tensors"]
+    assert {"hyperparameters/text_summary", "custom_scalars__config__"} <= set(logged["_tensors"])
+    # No "nan" while nothing is known yet; a closing line that names the run folder and the commands for it.
+    assert "nan" not in result.stderr and "compiling the update with torch.compile" in result.stderr
+    run_dir = "runs/" + only_run_name(result)
+    assert f"done: 3,000 agent steps (500 updates) in" in result.stderr
+    assert f"logs and checkpoint in {run_dir}" in result.stderr and f"python plot.py {run_dir}" in result.stderr
+    assert only_run_name(result).startswith("DemonAttack-v4__dqn_redo_rr0.25__1__")  # the arm and replay ratio
     assert "step 3,000/3,000" in result.stderr and "SPS" in result.stderr and "ETA" in result.stderr
 
 
@@ -93,6 +100,17 @@ def test_end_to_end_values_are_sane(redo_run):
     assert all(0.01 <= v <= 1 for _, v in logged["charts/epsilon"])
     assert all(v >= 0 for _, v in logged["charts/episodic_return"])
     assert all(v > 0 for _, v in logged["charts/episodic_length"])
+    # srank and the overlap at every check, as the fractions; nothing was dormant before the first check.
+    assert [step for step, _ in logged["srank/fc1"]] == [step for step, _ in dormant]
+    assert all(v == int(v) and 1 <= v <= 512 for _, v in logged["srank/fc1"])
+    overlap = logged["dormant/overlap/fc1"]
+    assert [step for step, _ in overlap] == [step for step, _ in dormant] and overlap[0][1] == 0
+    assert all(0 <= v <= 1 for _, v in overlap) and max(v for _, v in overlap) > 0
+
+
+def only_run_name(result: subprocess.CompletedProcess) -> str:
+    """The run folder's name, as the run's first line prints it."""
+    return result.stdout.split("\n")[0].split()[1].removeprefix("runs/")
 
 
 def test_same_seed_gives_identical_losses(tmp_path):
@@ -118,11 +136,25 @@ def test_save_model_and_evaluate(tmp_path):
                         "--redo-batch-size", "64")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = only_run(tmp_path)
-    saved = torch.load(run_dir / "dqn_redo.pt", weights_only=True)
+    saved = torch.load(run_dir / "dqn_baseline_rr0.25.pt", weights_only=True)  # <exp-name>.pt
     assert saved["args"]["env_id"] == "Pong-v4"
     QNetwork(6).load_state_dict(saved["model"])
     evaluation = scalars(run_dir)["eval/episodic_return"]
     assert len(evaluation) == 1 and -21 <= evaluation[0][1] <= 21
+    assert json.loads((run_dir / "evaluation.json").read_text())["returns"] == [evaluation[0][1]]
+
+
+def test_a_final_evaluation_not_played_is_played_on_resume_and_only_once(tmp_path):
+    flags = ["--env-id", "Pong-v4", "--total-timesteps", "300", "--learning-starts", "200", "--buffer-size", "1000",
+             "--redo-batch-size", "64", "--srank-states", "64", "--no-compile"]
+    trained = run_script(tmp_path, *flags)  # e.g. stopped during its evaluation: none logged
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_dir = only_run(tmp_path)
+    evaluated = run_script(tmp_path, "--resume", str(run_dir), "--eval-episodes", "1")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "evaluating: 1 full games" in evaluated.stderr and len(scalars(run_dir)["eval/episodic_return"]) == 1
+    again = run_script(tmp_path, "--resume", str(run_dir), "--eval-episodes", "1")
+    assert again.returncode == 2 and "is not past the checkpoint's step 300" in again.stderr
 
 
 @pytest.mark.parametrize("env_id, sticky", [("DemonAttack-v4", 0.25), ("DemonAttackNoFrameskip-v4", 0.0),
@@ -212,7 +244,7 @@ class Recorder:
 
 
 def test_with_redo_the_dormant_fractions_logged_are_those_before_the_recycling():
-    from dqn_redo import FrameReplayBuffer, check_dormant
+    from dqn_redo import Counters, FrameReplayBuffer, check_dormant
     from redo import dormant_fractions, dormant_scores
 
     torch.manual_seed(0)
@@ -224,11 +256,13 @@ def test_with_redo_the_dormant_fractions_logged_are_those_before_the_recycling()
     frames = np.random.default_rng(1).integers(0, 256, (60, 84, 84), dtype=np.uint8)
     for t in range(56):
         rb.add(frames[t:t + 4], 0, 0.0, frames[t + 1:t + 5], False, False)
-    states = FrameReplayBuffer.sample(rb, 32).obs  # what check_dormant will draw, from the same RNG state
+    rb.sample(args.srank_states)  # what check_dormant will draw, from the same RNG state: srank's states first
+    states = rb.sample(32).obs
     rb.rng = np.random.default_rng(0)
     before = dormant_fractions(dormant_scores(q_network, states), 0.1)
     writer = Recorder()
-    logged = check_dormant(q_network, torch.optim.Adam(q_network.parameters()), rb, args, writer, 5, recycle=True)
+    logged = check_dormant(q_network, torch.optim.Adam(q_network.parameters()), rb, args, writer, 5, recycle=True,
+                           counters=Counters())
     after = dormant_fractions(dormant_scores(q_network, states), 0.1)
     assert writer.scalars["redo/recycled/fc1"] >= 100
     assert logged == before["total"] == writer.scalars["dormant/tau=0.1/total"] > after["total"]
@@ -249,3 +283,11 @@ def test_evaluation_plays_full_games_at_the_eval_epsilon(monkeypatch):
     returns = dqn_redo.evaluate(QNetwork(6), args, torch.device("cpu"))
     assert len(returns) == 1 and returns[0] == -21  # a whole game of Pong lost 0-21, not one point
     assert set(epsilons) == {0.001} and len(epsilons) > 500
+
+
+def test_the_progress_line_shows_a_dash_not_nan_before_anything_is_known(capsys):
+    from dqn_redo import Progress
+
+    Progress(Args(total_timesteps=10), 0).update(9, 1.0, warming_up=True)  # the last step always prints
+    line = capsys.readouterr().err
+    assert "return - | dormant(tau=0.1) - | warming up" in line and "nan" not in line

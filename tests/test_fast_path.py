@@ -6,28 +6,35 @@ import pytest
 import torch
 
 import dqn_redo
-from dqn_redo import Batch, QNetwork, load_optimizer_state, make_train_step
+from dqn_redo import Batch, QNetwork, drq_augment, load_optimizer_state, make_train_step
 from redo import recycle_dormant
 
 
 def batches(n: int, seed: int = 0) -> list[Batch]:
     g = torch.Generator().manual_seed(seed)
     frames = lambda: torch.randint(0, 256, (32, 4, 84, 84), generator=g, dtype=torch.uint8)
-    return [Batch(frames(), torch.randint(0, 6, (32,), generator=g), torch.rand(32, generator=g).round(),
-                  frames(), (torch.rand(32, generator=g) < 0.1).float()) for _ in range(n)]
+    data = []
+    for _ in range(n):
+        terminated = (torch.rand(32, generator=g) < 0.1).float()
+        data.append(Batch(frames(), torch.randint(0, 6, (32,), generator=g), torch.rand(32, generator=g).round(),
+                          frames(), terminated, 0.99 * (1 - terminated)))
+    return data
 
 
 def train(compile: bool, channels_last: bool, fused_adam: bool, data: list[Batch], recycle_every: int = 3,
-          network: str = "dopamine"):
+          network: str = "dopamine", drq: bool = False):
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    q_network = QNetwork(6, network).to(memory_format=memory_format)
+    q_network = QNetwork(6, network, dueling=drq).to(memory_format=memory_format)
     with torch.no_grad():  # no neuron dormant by chance: only the forced ones below are recycled
         for layer in (q_network.conv1, q_network.conv2, q_network.conv3, q_network.fc1):
             layer.bias.fill_(0.05)
+        if drq:  # actions 0.1 apart: double DQN's argmax has no near-tie that rounding could flip
+            q_network.advantage.bias.copy_(0.1 * torch.arange(6))
     target_network = copy.deepcopy(q_network)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_adam)
-    step = make_train_step(q_network, target_network, optimizer, 0.99, compile)
+    step = make_train_step(q_network, target_network, optimizer, compile, double_dqn=drq,
+                           augment=drq_augment if drq else None)
     losses, recycled, jumps = [], [], []
     torch.manual_seed(1)  # the same re-draws in every mode
     for i, batch in enumerate(data):
@@ -45,11 +52,12 @@ def train(compile: bool, channels_last: bool, fused_adam: bool, data: list[Batch
     return losses, recycled, jumps, q_network
 
 
-@pytest.mark.parametrize("network", ["dopamine", "nature"])
-def test_fast_path_matches_eager_with_recycling(network, capsys):
+@pytest.mark.parametrize("network, drq", [("dopamine", False), ("nature", False), ("dopamine", True)],
+                         ids=["dopamine", "nature", "drq-eps"])
+def test_fast_path_matches_eager_with_recycling(network, drq, capsys):
     data = batches(12)
-    eager_losses, eager_recycled, _, eager_net = train(False, False, False, data, network=network)
-    fast_losses, fast_recycled, jumps, fast_net = train(True, True, True, data, network=network)
+    eager_losses, eager_recycled, _, eager_net = train(False, False, False, data, network=network, drq=drq)
+    fast_losses, fast_recycled, jumps, fast_net = train(True, True, True, data, network=network, drq=drq)
     assert "torch.compile failed" not in capsys.readouterr().err  # the fast path compiled: not eager vs eager
     assert sum(sum(r.values()) for r in eager_recycled) > 0
     assert fast_recycled == eager_recycled
@@ -84,7 +92,7 @@ def train_then_resume(data: list[Batch], fused_before: bool, fused_after: bool,
     q_network = QNetwork(6).to(memory_format=format_before)
     target_network = copy.deepcopy(q_network)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_before)
-    step = make_train_step(q_network, target_network, optimizer, 0.99, False)
+    step = make_train_step(q_network, target_network, optimizer, False)
     for batch in data[:3]:
         step(batch)
     weights, state = copy.deepcopy(q_network.state_dict()), copy.deepcopy(optimizer.state_dict())
@@ -94,7 +102,7 @@ def train_then_resume(data: list[Batch], fused_before: bool, fused_after: bool,
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_after)
     load_optimizer_state(optimizer, state)
     assert optimizer.param_groups[0]["fused"] == fused_after  # plain load_state_dict keeps the saved choice
-    step = make_train_step(q_network, target_network, optimizer, 0.99, False)
+    step = make_train_step(q_network, target_network, optimizer, False)
     for batch in data[3:]:
         step(batch)
     return q_network
@@ -114,7 +122,7 @@ def train_uninterrupted(data: list[Batch]) -> QNetwork:
     torch.manual_seed(0)
     q_network = QNetwork(6)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=False)
-    step = make_train_step(q_network, copy.deepcopy(q_network), optimizer, 0.99, False)
+    step = make_train_step(q_network, copy.deepcopy(q_network), optimizer, False)
     for batch in data:
         step(batch)
     return q_network

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import tyro
-from stable_baselines3.common.atari_wrappers import EpisodicLifeEnv, FireResetEnv, NoopResetEnv
+from stable_baselines3.common.atari_wrappers import FireResetEnv, NoopResetEnv
 
-from dqn_redo import Args, QNetwork, epsilon_at, make_env
+from dqn_redo import Args, LifeLossTerminal, QNetwork, epsilon_at, make_env
 from redo import recycle_dormant
 from test_dqn import ROOT
 
@@ -122,7 +122,7 @@ def test_default_protocol_for_every_id(env_id):
     ale = env.unwrapped.ale
     assert ale.getFloat("repeat_action_probability") == pytest.approx(0.25)
     assert ale.getInt("max_num_frames_per_episode") == 4 * 27_000
-    assert not {NoopResetEnv, FireResetEnv, EpisodicLifeEnv} & set(wrappers(env))
+    assert not {NoopResetEnv, FireResetEnv, LifeLossTerminal} & set(wrappers(env))
     obs, _ = env.reset(seed=0)
     assert all(np.array_equal(frame, obs[0]) for frame in obs)  # no no-op frames before the first observation
     env.close()
@@ -158,7 +158,7 @@ def test_a_lost_life_is_terminal_only_on_request(terminal_on_life_loss):
         if terminated and ale.game_over():
             break
         if terminated:
-            env.reset()  # EpisodicLifeEnv: goes on with the same game
+            env.reset()  # LifeLossTerminal: goes on with the same game
     assert losses and all(t == terminal_on_life_loss for t in losses)
     env.close()
 
@@ -185,7 +185,7 @@ def test_the_readme_cleanrl_command_gives_cleanrl_stack():
     assert args.network == "nature" and not args.epsilon_after_warmup
     env = make_env(args)
     assert env.unwrapped.ale.getFloat("repeat_action_probability") == 0
-    assert {NoopResetEnv, EpisodicLifeEnv, FireResetEnv} <= set(wrappers(env))
+    assert {NoopResetEnv, LifeLossTerminal, FireResetEnv} <= set(wrappers(env))
     layer = env
     while not isinstance(layer, NoopResetEnv):
         layer = layer.env
