@@ -72,16 +72,16 @@ class _Layer:
     name: str
     module: nn.Module
     first_id: int  # neuron i of this layer has id first_id + i
+    size: int  # neurons: out_features or out_channels
+    conv: bool  # a channel is a neuron (else a feature of the last dimension)
     ran: bool = False
     abs_sum: Tensor | None = None  # sum of |activation| per neuron, where the activation is seen
     count: Tensor | None = None  # elements summed per neuron
     readers: dict[str, Tensor] = field(default_factory=dict)  # reader name -> element id per input column/channel
     problem: str | None = None  # why it cannot be recycled
     residual: bool = False
-
-    @property
-    def size(self) -> int:
-        return self.module.weight.shape[0]
+    foreign: bool = False  # F.linear/F.conv2d on a weight that is no nn.Linear/nn.Conv2d's (e.g. a NoisyLinear)
+    unknown_readers: set[str] = field(default_factory=set)  # ops other than a layer that took its activation
 
     def fail(self, reason: str) -> None:
         self.problem = self.problem or reason
@@ -94,17 +94,37 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.activation = activation
         self.layers: dict[int, _Layer] = {}  # by id(weight)
-        next_id = 0
+        self.next_id = 0
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                size, device = module.weight.shape[0], module.weight.device
-                self.layers[id(module.weight)] = _Layer(name, module, next_id, abs_sum=torch.zeros(
-                    size, dtype=torch.double, device=device), count=torch.zeros(size, dtype=torch.long, device=device))
-                next_id += size
+                self.layers[id(module.weight)] = self.new_layer(name, module, module.weight.shape[0],
+                                                                isinstance(module, nn.Conv2d), module.weight.device)
         self.by_first_id = list(self.layers.values())
+        self.foreign: dict[str, _Layer] = {}  # by module name
+        self.running: list[tuple[str, nn.Module]] = []  # modules with parameters of their own, innermost last
         self.ids: dict[int, tuple[Tensor, Tensor]] = {}  # id(tensor) -> (tensor, element ids); holds the tensor
         self.opaque: dict[int, tuple[Tensor, dict[str, str]]] = {}  # id(tensor) -> (tensor, {layer: reason})
         self.order: list[_Layer] = []
+
+    def new_layer(self, name: str, module: nn.Module, size: int, conv: bool, device: torch.device) -> _Layer:
+        layer = _Layer(name, module, self.next_id, size, conv, abs_sum=torch.zeros(size, dtype=torch.double,
+                       device=device), count=torch.zeros(size, dtype=torch.long, device=device))
+        self.next_id += size
+        return layer
+
+    def foreign_layer(self, func, weight: Tensor) -> _Layer:
+        """The layer of an F.linear/F.conv2d whose weight belongs to no nn.Linear/nn.Conv2d: named after the module
+        running it (e.g. a NoisyLinear computing mu + sigma * epsilon), scored, never recycled."""
+        name, module = self.running[-1] if self.running else (f"<{func.__name__} call {len(self.foreign) + 1}>", None)
+        if name not in self.foreign:
+            layer = self.new_layer(name, module, weight.shape[0], func is F.conv2d, weight.device)
+            kind = type(module).__name__ if module is not None else "a functional call"
+            layer.foreign = True
+            layer.fail(f"'{name}' ({kind}) computes its output with {func.__name__} on a weight that is not an "
+                       "nn.Linear/nn.Conv2d weight, so ReDo cannot re-draw its neurons' incoming weights")
+            self.foreign[name] = layer
+            self.by_first_id.append(layer)  # ids keep increasing along this list
+        return self.foreign[name]
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -127,12 +147,16 @@ class _Tracer(TorchFunctionMode):
                     merged.setdefault(name, reason)
         return merged
 
-    def mark_opaque(self, result: Any, inputs: list[Tensor], reason: str) -> None:
+    def mark_opaque(self, result: Any, inputs: list[Tensor], reason: str, unknown_reader: str | None = None) -> None:
         reasons = self.sources(inputs)
         for tensor in inputs:
             if id(tensor) in self.ids:
-                for layer in self.layers_in(self.ids[id(tensor)][1]):
+                ids = self.ids[id(tensor)][1]
+                activated = {layer.name for layer in self.layers_in(torch.where(ids % 2 == 1, ids, _NONE))}
+                for layer in self.layers_in(ids):
                     reasons.setdefault(layer.name, reason)
+                    if unknown_reader and layer.name in activated:  # its activation is read by an op ReDo cannot edit
+                        layer.unknown_readers.add(unknown_reader)
         if reasons:
             for item in tree_flatten(result)[0]:
                 if isinstance(item, Tensor):
@@ -146,8 +170,9 @@ class _Tracer(TorchFunctionMode):
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
         tracked = [t for t in tensors if id(t) in self.ids]
         weight = args[1] if len(args) > 1 else kwargs.get("weight")
-        if func in (F.linear, F.conv2d) and id(weight) in self.layers:
-            return self.run_layer(func, self.layers[id(weight)], args, kwargs)
+        if func in (F.linear, F.conv2d) and isinstance(weight, Tensor):
+            layer = self.layers.get(id(weight)) or self.foreign_layer(func, weight)
+            return self.run_layer(func, layer, args, kwargs)
         if not tracked and not any(id(t) in self.opaque for t in tensors):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
@@ -176,7 +201,12 @@ class _Tracer(TorchFunctionMode):
         elif pre_activation is not None and isinstance(result, Tensor) and torch.equal(result, pre_activation):
             self.activate(result, tracked[0])
         else:
-            self.mark_opaque(result, tracked, f"goes through {name}")
+            reason = f"goes through {name}"
+            if pre_activation is not None and isinstance(result, Tensor) and result.shape == tracked[0].shape:
+                hint = f"F.{name}" if hasattr(F, name) else "that function"
+                reason += (f" (if {name} is the network's nonlinearity, pass activation={hint}, or the module that "
+                           "applies it, e.g. activation=nn.LeakyReLU(0.2))")
+            self.mark_opaque(result, tracked, reason, unknown_reader=name)
         return result
 
     def run_layer(self, func, layer: _Layer, args: tuple, kwargs: dict) -> Tensor:
@@ -188,7 +218,7 @@ class _Tracer(TorchFunctionMode):
         layer.ran = True
         self.order.append(layer)
         self.read(layer, x)
-        channel_dim = output.dim() - (3 if isinstance(layer.module, nn.Conv2d) else 1)
+        channel_dim = output.dim() - (3 if layer.conv else 1)
         shape = [1] * output.dim()
         shape[channel_dim] = layer.size
         neuron_ids = 2 * (layer.first_id + torch.arange(layer.size, device=output.device))
@@ -198,7 +228,7 @@ class _Tracer(TorchFunctionMode):
     def read(self, reader: _Layer, x: Tensor) -> None:
         """Records which hidden neurons ``reader`` reads, per input column (Linear) or channel (Conv2d)."""
         for name, reason in self.sources(x).items():
-            source = next(layer for layer in self.layers.values() if layer.name == name)
+            source = next(layer for layer in self.by_first_id if layer.name == name)
             source.readers.setdefault(reader.name, torch.full((1,), _NONE))
             if reason == "residual":
                 source.residual = True
@@ -207,7 +237,7 @@ class _Tracer(TorchFunctionMode):
         if id(x) not in self.ids:
             return
         ids = _one_sample(self.ids[id(x)][1])
-        if isinstance(reader.module, nn.Conv2d):
+        if reader.conv:
             per_channel = ids.movedim(-3, 0).reshape(ids.shape[-3], -1)  # (in_channels, everything else)
             column_ids = per_channel.amax(dim=1)
             mixed = bool(((per_channel != column_ids[:, None]) & (per_channel != _NONE)).any())
@@ -221,11 +251,15 @@ class _Tracer(TorchFunctionMode):
             own = (column_ids >= 0) & (neuron >= layer.first_id) & (neuron < layer.first_id + layer.size)
             if mixed:
                 layer.fail(f"'{reader.name}' reads '{layer.name}' with several neurons in one input "
-                           f"{'channel' if isinstance(reader.module, nn.Conv2d) else 'column'}")
+                           f"{'channel' if reader.conv else 'column'}")
             elif (own & (column_ids % 2 == 0)).any():
                 layer.fail(f"'{reader.name}' reads '{layer.name}' without the activation (pass activation=... "
                            "if the network applies another nonlinearity)")
-            if isinstance(reader.module, nn.Conv2d) and reader.module.groups != 1:
+            if reader.foreign:
+                kind = type(reader.module).__name__ if reader.module is not None else "a functional call"
+                layer.fail(f"'{reader.name}' ({kind}), which reads '{layer.name}', is not an nn.Linear/nn.Conv2d, so "
+                           f"the outgoing weights of '{layer.name}''s neurons cannot be zeroed")
+            elif reader.conv and reader.module.groups != 1:
                 layer.fail(f"'{reader.name}', which reads '{layer.name}', is a grouped convolution "
                            f"(groups={reader.module.groups})")
 
@@ -305,15 +339,27 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
     tracer = _Tracer(model, activation)
     call = forward or model
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]  # e.g. batch norm's running statistics
+    hooks = []  # which module runs: names the layer of an F.linear/F.conv2d on a weight of no nn.Linear/nn.Conv2d
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)) and next(module.parameters(recurse=False), None) is not None:
+            hooks.append(module.register_forward_pre_hook(
+                lambda module, args, name=name: tracer.running.append((name, module))))
+            hooks.append(module.register_forward_hook(lambda *_: tracer.running.pop() and None, always_call=True))
     try:
         with torch.no_grad(), tracer:
             outputs = call(*x) if isinstance(x, tuple) else call(x)
     finally:
+        for hook in hooks:
+            hook.remove()
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
     tracer.finish(outputs)
-    hidden = [layer for layer in tracer.order if layer.readers]
+    for layer in tracer.order:
+        if layer.unknown_readers and not layer.readers:
+            layer.fail(f"'{layer.name}' is read only by {', '.join(sorted(layer.unknown_readers))}, not by an "
+                       "nn.Linear/nn.Conv2d, so the outgoing weights of its neurons are unknown")
+    hidden = [layer for layer in tracer.order if layer.readers or layer.unknown_readers]
     if not hidden:
         raise ValueError(f"{type(model).__name__} ran {len(tracer.order)} Linear/Conv2d layer(s), none of them read by "
                          "another: scoring needs at least one hidden layer before the output layers")
@@ -328,8 +374,8 @@ def _score(layer: _Layer) -> Tensor:
 def _scored(layer: _Layer) -> bool:
     if bool((layer.count > 0).all()):
         return True
-    if layer.residual and layer.problem is None:
-        return False  # a residual-stream writer has no activation of its own
+    if layer.residual:
+        return False  # a residual-stream writer has no activation of its own (recycling names or refuses it)
     raise ValueError(layer.problem or f"no activation of '{layer.name}' was found (pass activation=... if the network "
                                       "applies another nonlinearity)")
 

@@ -44,15 +44,18 @@ class CleanRLPPOAtariAgent(nn.Module):
         self.actor = layer_init(nn.Linear(512, n_actions), std=0.01)
         self.critic = layer_init(nn.Linear(512, 1), std=1)
 
-    def get_value(self, x):
-        return self.critic(self.network(x / 255.0))
+    def get_value(self, x):  # the critic alone, on pixels scaled to [0, 1]
+        features = self.network(x / 255.0)
+        return self.critic(features)
 
-    def get_action_and_value(self, x, action=None):
-        hidden = self.network(x / 255.0)
-        probs = torch.distributions.Categorical(logits=self.actor(hidden))
-        if action is None:
-            action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+    def get_action_and_value(self, x, action=None):  # a sampled (or given) action, its log-prob, entropy, value
+        return sample_action_and_value(self.network(x / 255.0), self.actor, self.critic, action)
+
+
+def sample_action_and_value(features, actor, critic, action=None):
+    policy = torch.distributions.Categorical(logits=actor(features))
+    chosen = policy.sample() if action is None else action
+    return chosen, policy.log_prob(chosen), policy.entropy(), critic(features)
 
 
 class CleanRLSACActor(nn.Module):
@@ -237,12 +240,9 @@ class CleanRLImpalaAgent(nn.Module):
                                      nn.Linear(16 * 4 * 4, 64), nn.ReLU())
         self.actor, self.critic = nn.Linear(64, n_actions), nn.Linear(64, 1)
 
-    def get_action_and_value(self, x, action=None):
-        hidden = self.network(x.permute((0, 3, 1, 2)) / 255.0)
-        probs = torch.distributions.Categorical(logits=self.actor(hidden))
-        if action is None:
-            action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+    def get_action_and_value(self, x, action=None):  # Procgen frames come channels-last
+        channels_first = x.permute(0, 3, 1, 2)
+        return sample_action_and_value(self.network(channels_first / 255.0), self.actor, self.critic, action)
 
 
 # ---------------------------------------------------------------- the oracle and the checks
@@ -560,3 +560,231 @@ def test_sb3_nature_cnn_features_extractor():
     check_exact_recycling(q_net, obs, dormant={names[2]: [5], names[3]: [0]}, hidden=names,
                           readers={names[2]: [names[3]], names[3]: ["q_net.0"]})
     env.close()
+
+
+# ---------------------------------------------------------------- networks redo.py scores but refuses to recycle
+
+
+def parameters_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def assert_refused_unchanged(model, x, message: str, **kwargs) -> None:
+    """recycle_dormant raises ``message`` and changes neither a parameter nor an optimizer moment."""
+    optimizer = train_a_little(model, None, x, list(model.parameters()))
+    before = parameters_of(model)
+    moments = {name: optimizer.state[p]["exp_avg"].clone() for name, p in model.named_parameters()}
+    with pytest.raises(ValueError) as error:
+        recycle_dormant(model, optimizer, x, tau=0.5, **kwargs)
+    assert str(error.value) == message
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) and torch.equal(optimizer.state[p]["exp_avg"], moments[name]), name
+
+
+class LeakyMLP(nn.Module):
+    """An MLP critic with LeakyReLU(0.2), as many continuous-control codebases build it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 64), nn.LeakyReLU(0.2), nn.Linear(64, 64), nn.LeakyReLU(0.2),
+                                 nn.Linear(64, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_another_activation_is_named_in_the_error_with_how_to_pass_it():
+    torch.manual_seed(0)
+    model, x = LeakyMLP(), torch.randn(64, 8)
+    hint = ("'net.0' goes through leaky_relu (if leaky_relu is the network's nonlinearity, pass "
+            "activation=F.leaky_relu, or the module that applies it, e.g. activation=nn.LeakyReLU(0.2)) before 'net.2' "
+            "reads it")
+    with pytest.raises(ValueError) as error:
+        dormant_scores(model, x)
+    assert str(error.value) == hint
+    assert_refused_unchanged(model, x, f"cannot recycle: {hint}")
+    # Following the hint: the module itself (its slope included) is the activation, and recycling is exact.
+    check_exact_recycling(model, x, dormant={"net.0": [3, 9], "net.2": [0]}, hidden=["net.0", "net.2"],
+                          readers={"net.0": ["net.2"], "net.2": ["net.4"]}, activation=nn.LeakyReLU(0.2))
+
+
+class SimbaBlock(nn.Module):
+    """SimBa (Lee et al. 2024): a pre-LayerNorm residual MLP block, x + W2 relu(W1 LN(x)), 4x wide inside."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.up, self.down = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        return x + self.down(F.relu(self.up(self.norm(x))))
+
+
+class SimbaCritic(nn.Module):
+    """SimBa's critic: an input embedding, pre-LN residual blocks, a final LayerNorm, then Q."""
+
+    def __init__(self, obs_dim: int = 11, act_dim: int = 3, width: int = 32):
+        super().__init__()
+        self.embed = nn.Linear(obs_dim + act_dim, width)
+        self.blocks = nn.ModuleList([SimbaBlock(width), SimbaBlock(width)])
+        self.final_norm, self.q = nn.LayerNorm(width), nn.Linear(width, 1)
+
+    def forward(self, obs, action):
+        x = self.embed(torch.cat([obs, action], dim=-1))
+        for block in self.blocks:
+            x = block(x)
+        return self.q(self.final_norm(x))
+
+
+class BroBlock(nn.Module):
+    """BRO (Nauman et al. 2024): x + LN(W2 relu(LN(W1 x)))."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc1, self.norm1 = nn.Linear(width, width), nn.LayerNorm(width)
+        self.fc2, self.norm2 = nn.Linear(width, width), nn.LayerNorm(width)
+
+    def forward(self, x):
+        return x + self.norm2(self.fc2(F.relu(self.norm1(self.fc1(x)))))
+
+
+class BroNetCritic(nn.Module):
+    """BroNet's critic: Dense -> LN -> ReLU, then BRO blocks, then Q."""
+
+    def __init__(self, obs_dim: int = 11, act_dim: int = 3, width: int = 32):
+        super().__init__()
+        self.input_layer, self.input_norm = nn.Linear(obs_dim + act_dim, width), nn.LayerNorm(width)
+        self.blocks = nn.Sequential(BroBlock(width), BroBlock(width))
+        self.q = nn.Linear(width, 1)
+
+    def forward(self, obs, action):
+        x = F.relu(self.input_norm(self.input_layer(torch.cat([obs, action], dim=-1))))
+        return self.q(self.blocks(x))
+
+
+def test_pre_layernorm_residual_critics_are_scored_and_refused_for_recycling():
+    torch.manual_seed(0)
+    x = (torch.randn(64, 11), torch.randn(64, 3))
+    simba = SimbaCritic()
+    # Scored: the layers with an activation of their own (each block's inner layer). The residual stream's
+    # writers (the embedding, each block's down-projection) have none.
+    assert list(dormant_scores(simba, x)) == ["blocks.0.up", "blocks.1.up"]
+    assert_refused_unchanged(simba, x, "cannot recycle: 'embed' is followed by layer_norm, which mixes the layer's "
+                                       "neurons, so recycling could not keep the outputs unchanged")
+    bro = BroNetCritic()
+    scores = dormant_scores(bro, x)  # scored on the activation after the norm
+    assert list(scores) == ["input_layer", "blocks.0.fc1", "blocks.1.fc1"]
+    normalized = F.relu(bro.blocks[0].norm1(bro.blocks[0].fc1(F.relu(bro.input_norm(bro.input_layer(
+        torch.cat(x, dim=-1)))))))
+    mean_abs = normalized.abs().mean(dim=0)
+    torch.testing.assert_close(scores["blocks.0.fc1"], mean_abs / (mean_abs.mean() + 1e-9))
+    assert_refused_unchanged(bro, x, "cannot recycle: 'input_layer' is followed by layer_norm, which mixes the "
+                                     "layer's neurons, so recycling could not keep the outputs unchanged")
+
+
+class NoisyLinear(nn.Module):
+    """A factorized-Gaussian noisy layer (Fortunato et al. 2018), in the shape of CleanRL's rainbow_atari.py and
+    torchrl's: learned mu and sigma, noise kept in buffers, F.linear on mu + sigma * epsilon."""
+
+    def __init__(self, in_features: int, out_features: int, sigma_zero: float = 0.5):
+        super().__init__()
+        bound = in_features ** -0.5
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.weight_sigma = nn.Parameter(torch.full((out_features, in_features), sigma_zero * bound))
+        self.bias_mu = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self.bias_sigma = nn.Parameter(torch.full((out_features,), sigma_zero * bound))
+        self.register_buffer("weight_epsilon", torch.zeros(out_features, in_features))
+        self.register_buffer("bias_epsilon", torch.zeros(out_features))
+        self.reset_noise()
+
+    @staticmethod
+    def scaled_noise(size: int) -> torch.Tensor:
+        noise = torch.randn(size)
+        return noise.sign() * noise.abs().sqrt()
+
+    def reset_noise(self) -> None:
+        noise_in, noise_out = self.scaled_noise(self.weight_mu.shape[1]), self.scaled_noise(self.weight_mu.shape[0])
+        self.weight_epsilon.copy_(torch.outer(noise_out, noise_in))
+        self.bias_epsilon.copy_(noise_out)
+
+    def forward(self, x):
+        return F.linear(x, self.weight_mu + self.weight_sigma * self.weight_epsilon,
+                        self.bias_mu + self.bias_sigma * self.bias_epsilon)
+
+
+class NoisyDuelingNetwork(nn.Module):
+    """A Rainbow-style network: the Nature convolutions, then noisy dense layers (a hidden one, then noisy value
+    and advantage heads)."""
+
+    def __init__(self, n_actions: int = 6):
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(4, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+                                   nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
+        self.hidden = NoisyLinear(64 * 7 * 7, 128)
+        self.value, self.advantage = NoisyLinear(128, 1), NoisyLinear(128, n_actions)
+
+    def forward(self, x):
+        h = F.relu(self.hidden(self.convs(x / 255.0)))
+        advantage = self.advantage(h)
+        return self.value(h) + advantage - advantage.mean(dim=1, keepdim=True)
+
+
+def test_noisy_layers_are_scored_and_their_readers_refused_for_recycling():
+    """A NoisyLinear is no nn.Linear: its weight is computed, so ReDo cannot edit its rows or columns. Its own neurons
+    are scored, as are the layers it reads; nothing is left out silently, and recycling is refused."""
+    torch.manual_seed(0)
+    model, x = NoisyDuelingNetwork(), torch.randint(0, 256, (16, 4, 84, 84)).float()
+    scores = dormant_scores(model, x)
+    assert list(scores) == ["convs.0", "convs.2", "convs.4", "hidden"]  # the noisy heads are outputs
+    with torch.no_grad():
+        features = model.convs(x / 255.0)
+        weight = model.hidden.weight_mu + model.hidden.weight_sigma * model.hidden.weight_epsilon
+        bias = model.hidden.bias_mu + model.hidden.bias_sigma * model.hidden.bias_epsilon
+        mean_abs = F.relu(features @ weight.T + bias).abs().mean(dim=0)
+    torch.testing.assert_close(scores["hidden"], mean_abs / (mean_abs.mean() + 1e-9))
+    assert_refused_unchanged(model, x, "cannot recycle: 'hidden' (NoisyLinear), which reads 'convs.4', is not an "
+                                       "nn.Linear/nn.Conv2d, so the outgoing weights of 'convs.4''s neurons cannot "
+                                       "be zeroed")
+
+
+class RecurrentEncoder(nn.Module):
+    """A conv encoder and a dense layer whose activation goes into an LSTM (R2D2-style), then Q."""
+
+    def __init__(self, n_actions: int = 6):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 8, 8, stride=4), nn.Linear(8 * 20 * 20, 32)
+        self.lstm, self.q = nn.LSTM(32, 16, batch_first=True), nn.Linear(16, n_actions)
+
+    def forward(self, x):
+        h = F.relu(self.fc(F.relu(self.conv(x)).flatten(1)))
+        out, _ = self.lstm(h[:, None])
+        return self.q(out[:, -1])
+
+
+def test_a_layer_read_by_an_lstm_is_scored_and_refused_for_recycling():
+    torch.manual_seed(0)
+    model, x = RecurrentEncoder(), torch.rand(8, 1, 84, 84)
+    assert list(dormant_scores(model, x)) == ["conv", "fc"]
+    assert_refused_unchanged(model, x, "cannot recycle: 'fc' goes through lstm before 'q' reads it")
+
+
+class EnsembleHeadCritic(nn.Module):
+    """A shared trunk read by an ensemble of Q-heads held in one parameter (a vectorized linear layer, as in
+    EDAC/SAC-N implementations) and applied with einsum: no nn.Linear reads the trunk."""
+
+    def __init__(self, obs_dim: int = 11, members: int = 5):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        self.head_weight = nn.Parameter(torch.randn(members, 64, 1) / 8)
+        self.head_bias = nn.Parameter(torch.zeros(members, 1, 1))
+
+    def forward(self, obs):
+        return torch.einsum("bi,eio->ebo", self.trunk(obs), self.head_weight) + self.head_bias
+
+
+def test_a_layer_read_only_by_an_unknown_op_is_scored_and_refused_not_taken_for_an_output():
+    torch.manual_seed(0)
+    model, x = EnsembleHeadCritic(), torch.randn(64, 11)
+    assert list(dormant_scores(model, x)) == ["trunk.0", "trunk.2"]  # trunk.2 is hidden, not an output layer
+    assert_refused_unchanged(model, x, "cannot recycle: 'trunk.2' is read only by einsum, not by an "
+                                       "nn.Linear/nn.Conv2d, so the outgoing weights of its neurons are unknown")
