@@ -44,6 +44,9 @@ class Args:
     confidence intervals (rliable), per arm and replay ratio; the dormant fractions the same way; a per-game table"""
     final_fraction: float = 0.1
     """a run's score: its mean episodic return over this last fraction of its agent steps"""
+    score: Literal["training", "evaluation"] = "training"
+    """--sweep's table: score runs by their training returns (--final-fraction) or by their final evaluation's mean
+    (eval/episodic_return: the Atari 100k convention)"""
     max_steps: int | None = None
     """use only each run's first this many agent steps: compares runs of different lengths at equal length"""
 
@@ -224,14 +227,15 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
 
         layers = sorted({tag.split("/")[-1] for run in runs for tag in run.scalars
                          if tag.startswith("dormant/tau=0.1/") and not tag.endswith("/total")})
-        fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 4.2), sharey=True, squeeze=False)
-        for ax, layer in zip(axes[0], layers):
-            plot_panel(ax, groups, f"dormant/tau=0.1/{layer}", args, scale=100)
-            ax.set_title(layer, fontsize=10)
-        axes[0][0].set_ylabel("dormant neurons at tau = 0.1, % of layer")
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"Dormant neurons per layer\n{subtitle}", fontsize=10)
-        figures[f"{args.prefix}{game}_dormant_layers"] = fig
+        if layers:
+            fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 4.2), sharey=True, squeeze=False)
+            for ax, layer in zip(axes[0], layers):
+                plot_panel(ax, groups, f"dormant/tau=0.1/{layer}", args, scale=100)
+                ax.set_title(layer, fontsize=10)
+            axes[0][0].set_ylabel("dormant neurons at tau = 0.1, % of layer")
+            axes[0][0].legend(fontsize=7)
+            fig.suptitle(f"Dormant neurons per layer\n{subtitle}", fontsize=10)
+            figures[f"{args.prefix}{game}_dormant_layers"] = fig
 
         if any("srank/fc1" in run.scalars for run in game_runs):
             fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -279,7 +283,17 @@ ATARI_RANDOM_HUMAN = {
     "Qbert": (163.9, 13455.0), "RoadRunner": (11.5, 7845.0), "Seaquest": (68.4, 42054.7),
     "SpaceInvaders": (148.0, 1668.7), "WizardOfWor": (563.5, 4756.5), "YarsRevenge": (3092.9, 54576.9),
     "Zaxxon": (32.5, 9173.3), "Alien": (227.8, 7127.7), "Freeway": (0.0, 29.6), "Boxing": (0.1, 12.1),
+    # the rest of the Atari 100k set (same table; checked against google-deepmind/dqn_zoo atari_data.py)
+    "Amidar": (5.8, 1719.5), "Assault": (222.4, 742.0), "BankHeist": (14.2, 753.1), "BattleZone": (2360.0, 37187.5),
+    "ChopperCommand": (811.0, 7387.8), "CrazyClimber": (10780.5, 35829.4), "Frostbite": (65.2, 4334.7),
+    "Gopher": (257.6, 2412.5), "Hero": (1027.0, 30826.4), "Kangaroo": (52.0, 3035.0), "Krull": (1598.0, 2665.5),
+    "KungFuMaster": (258.5, 22736.3), "PrivateEye": (24.9, 69571.3), "UpNDown": (533.4, 11693.2),
 }
+# The Atari 100k benchmark (Kaiser et al. 2019), the paper's DrQ(eps) games (Fig. 10d).
+ATARI_100K_GAMES = ["Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing", "Breakout",
+                    "ChopperCommand", "CrazyClimber", "DemonAttack", "Freeway", "Frostbite", "Gopher", "Hero",
+                    "Jamesbond", "Kangaroo", "Krull", "KungFuMaster", "MsPacman", "Pong", "PrivateEye", "Qbert",
+                    "RoadRunner", "Seaquest", "UpNDown"]
 PAPER_GAMES = ["Asterix", "DemonAttack", "Seaquest", "WizardOfWor", "BeamRider", "RoadRunner", "Jamesbond", "Qbert",
                "Breakout", "Enduro", "SpaceInvaders", "Pong", "Zaxxon", "YarsRevenge", "MsPacman", "DoubleDunk",
                "IceHockey"]
@@ -310,13 +324,23 @@ def carried_forward(values: np.ndarray) -> np.ndarray:
     return filled
 
 
-def final_scores(runs: list[Run], games: list[str], n_runs: int, fraction: float) -> dict[str, np.ndarray]:
-    """Per algorithm, (runs, games, 1) human-normalized scores: each run's mean return over its last ``fraction``
-    of agent steps (as in the per-game summary table)."""
+def run_score(run: Run, fraction: float, score: str) -> float:
+    """A run's return: the mean over its last ``fraction`` of agent steps, or over its final evaluation's games."""
+    if score == "evaluation":
+        if "eval/episodic_return" not in run.scalars:
+            raise SweepError(f"{run.path} has no final evaluation (eval/episodic_return): score by training returns, "
+                             "or let the run finish")
+        return float(run.scalars["eval/episodic_return"][1].mean())
+    return final_value(run, "charts/episodic_return", fraction)
+
+
+def final_scores(runs: list[Run], games: list[str], n_runs: int, fraction: float,
+                 score: str = "training") -> dict[str, np.ndarray]:
+    """Per algorithm, (runs, games, 1) human-normalized scores of :func:`run_score`."""
     groups: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         groups[f"{run.arm}, RR {run.replay_ratio:g}"][run.env_id].append(run)
-    return {algorithm: np.array([[human_normalized(final_value(run, "charts/episodic_return", fraction), env_id)
+    return {algorithm: np.array([[human_normalized(run_score(run, fraction, score), env_id)
                                   for env_id, run in zip(games, members)]
                                  for members in zip(*[sorted(by_game[g], key=lambda r: r.path)[:n_runs]
                                                       for g in games])])[..., None]
@@ -377,6 +401,11 @@ def sweep_report(runs: list[Run], args: Args) -> str:
         ("charts/episodic_return", True, "human-normalized return", "sweep_return"),
         ("dormant/tau=0.1/total", False, "dormant neurons at tau = 0.1, fraction", "sweep_dormant"),
     ]:
+        lacking = [os.path.relpath(run.path) for run in runs if tag not in run.scalars]
+        if lacking:  # e.g. runs that have not finished a game yet: rliable needs every run
+            lines.append(f"not drawn: {label} ({tag}), which {len(lacking)} of {len(runs)} runs have not logged yet: "
+                         + ", ".join(lacking))
+            continue
         arrays, games, steps, counts = sweep_arrays(runs, tag, args.bins, normalize)
         points, intervals = interval_estimates(arrays, args.bootstrap_samples)
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -400,7 +429,10 @@ def sweep_report(runs: list[Run], args: Args) -> str:
         fig.savefig(path, dpi=120)
         lines.append(f"wrote {path}")
         if tag == "charts/episodic_return":
-            final = final_scores(runs, games, next(iter(arrays.values())).shape[0], args.final_fraction)
+            final = final_scores(runs, games, next(iter(arrays.values())).shape[0], args.final_fraction, args.score)
+            scored_by = ("the mean return of its final evaluation" if args.score == "evaluation" else
+                         f"its mean training return over the last {args.final_fraction:.0%} of its agent steps")
+            lines += ["", f"A run's score: {scored_by}."]
             final_points, final_intervals = interval_estimates(final, args.bootstrap_samples)
             lines += ["", "| algorithm | runs per game | IQM HNS [95 % CI] | mean HNS [95 % CI] |", "|-|-|-|-|"]
             for algorithm in sorted(final):

@@ -113,3 +113,43 @@ def test_no_event_files_is_a_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "no TensorBoard event files under" in capsys.readouterr().err
     assert not (tmp_path / "img").exists()
+
+
+def test_new_signals_get_figures_and_figures_say_how_they_were_made(tmp_path):
+    writer = SummaryWriter(str(tmp_path / "drq"))
+    params = {"env_id": "DemonAttack-v4", "replay_ratio": 1.0, "enable_redo": True, "redo_tau": 0.1, "seed": 1,
+              "preset": "drq-eps", "hardware": "Test CPU @ 2.8GHz, 2 cores, 1 torch threads", "commit": "abc1234"}
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in params.items()))
+    for step in range(0, 5000, 500):
+        writer.add_scalar("charts/episodic_return", 150.0, step)
+        writer.add_scalar("dormant/tau=0.1/total", 0.1, step)
+        writer.add_scalar("srank/fc1", 400.0, step)
+        writer.add_scalar("dormant/overlap/fc1", 0.7, step)
+    for game in range(3):
+        writer.add_scalar("eval/episodic_return", 200.0 + game, game)
+    writer.close()
+    runs = [plot.load_run(str(tmp_path / "drq"))]
+    figures = plot.make_figures(runs, plot.Args(bootstrap_samples=50))
+    assert {"DemonAttack-v4_srank_overlap", "DemonAttack-v4_eval"} <= set(figures)
+    title = figures["DemonAttack-v4_return"]._suptitle.get_text()
+    assert "bootstrap CI" not in title  # one run per curve: no band, so no claim of one
+    assert "5k agent steps, 1 seed(s) per curve; Test CPU @ 2.8GHz, 2 cores, 1 torch threads; commit abc1234" in title
+    labels = [line.get_label() for line in figures["DemonAttack-v4_srank_overlap"].axes[0].get_lines()]
+    assert labels == ["DrQ(ε) + ReDo (tau=0.1), RR 1 (n=1)"]
+    table = plot.summary_table(runs)
+    assert "| 150 (150) | 201 (201) |" in table  # training return, final evaluation (the mean of 200, 201, 202)
+
+
+def test_the_table_window_is_the_last_tenth_of_the_runs_agent_steps(tmp_path):
+    """A resumed run whose last dormant check was at 3,600 of 6,000 steps has none in the last 10 % of its steps."""
+    writer = SummaryWriter(str(tmp_path / "run"))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n|env_id|Pong-v4|\n|replay_ratio|1.0|\n"
+                    "|enable_redo|False|\n|redo_tau|0.1|")
+    for step in range(0, 6000, 100):
+        writer.add_scalar("charts/episodic_return", float(step), step)
+    for step in range(0, 3700, 100):
+        writer.add_scalar("dormant/tau=0.1/total", float(step), step)
+    writer.close()
+    run = plot.load_run(str(tmp_path / "run"))
+    assert plot.final_value(run, "charts/episodic_return") == np.mean(np.arange(5400, 6000, 100))
+    assert np.isnan(plot.final_value(run, "dormant/tau=0.1/total"))

@@ -152,3 +152,38 @@ def test_a_cell_killed_before_its_first_checkpoint_starts_over_and_keeps_its_log
     (tmp_path / "runs" / "resumable" / "checkpoint.prev.pt").write_text("")
     assert command(Cell("Pong-v4", 0.25, "redo", 1), tmp_path, SweepArgs(), [])[2:4] == ["--resume", str(
         (tmp_path / "runs" / "resumable").resolve())]
+
+
+def test_runs_without_a_finished_game_are_named_and_the_dormant_curves_still_drawn(tmp_path, capsys):
+    fake_run(tmp_path / "a", "Pong-v4", False, [-20.0] * 3, [0.2] * 3)
+    writer = SummaryWriter(str(tmp_path / "b"))  # an early look at a run whose first game has not ended
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n|env_id|Pong-v4|\n|replay_ratio|1.0|\n"
+                    "|enable_redo|True|\n|redo_tau|0.1|", 0)
+    for i in range(3):
+        writer.add_scalar("dormant/tau=0.1/total", 0.05, 1000 * (i + 1))
+    writer.close()
+    plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "figures"), sweep=True, bins=3,
+                        bootstrap_samples=50))
+    out = capsys.readouterr().out
+    assert "not drawn: human-normalized return (charts/episodic_return), which 1 of 2 runs have not logged yet" in out
+    assert os.path.relpath(tmp_path / "b") in out
+    assert (tmp_path / "figures" / "sweep_dormant.png").exists()
+    assert not (tmp_path / "figures" / "sweep_return.png").exists()
+
+
+def test_final_evaluation_scores_and_the_atari_100k_reference_table(tmp_path, capsys):
+    assert len(plot.ATARI_100K_GAMES) == 26 and set(plot.ATARI_100K_GAMES) <= set(plot.ATARI_RANDOM_HUMAN)
+    assert plot.ATARI_RANDOM_HUMAN["PrivateEye"] == (24.9, 69571.3)  # DRQ-FACTS / dqn_zoo's atari_data.py
+    for arm in ("baseline", "redo"):
+        folder = tmp_path / arm
+        fake_run(folder, "Krull-v4", arm == "redo", [1598.0] * 3, [0.2] * 3)
+        writer = SummaryWriter(str(folder))
+        for game, value in enumerate([2665.5, 1598.0] if arm == "redo" else [1598.0, 1598.0]):
+            writer.add_scalar("eval/episodic_return", value, game)
+        writer.close()
+    plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "figures"), sweep=True, bins=3,
+                        bootstrap_samples=50, score="evaluation"))
+    out = capsys.readouterr().out
+    assert "A run's score: the mean return of its final evaluation." in out
+    assert "| DQN + ReDo (tau=0.1), RR 1 | 1 | 0.500 [" in out  # (2665.5 + 1598) / 2 is half-way to human
+    assert "| DQN, RR 1 | 1 | 0.000 [" in out
