@@ -9,13 +9,17 @@ dormant neurons with the lab's own ``BaseRecycler.log_dead_neurons_count``, at t
     python3 -m venv .venv-dopamine && . .venv-dopamine/bin/activate
     pip install -r requirements-dopamine.txt && pip install --no-deps dopamine-rl==4.1.2
     python dopamine_reference.py --check
+    python dopamine_reference.py --check-drq --check-updates 20
     python dopamine_reference.py --game DemonAttack --replay-ratio 1 --total-timesteps 100000 --seed 1
     python plot.py runs/DemonAttack-v4__baseline_rr1__1__* runs/dopamine_DemonAttack__rr1__1
 
 ``--check`` compares the parts one by one, on real frames: the authors' network with its parameters copied into
 ``dqn_redo.QNetwork``, their update rule (loss, gradients, optax Adam) against ours over a few hundred updates
 from the same batches (beside a control: ours against ours from weights one part in 10^7 apart), their dormant
-scores against ``redo.dormant_scores``, and their epsilon schedule. Beside another CPU-heavy process, run it
+scores against ``redo.dormant_scores``, and their epsilon schedule. ``--check-drq`` does the same for DrQ(eps)
+(``labs/atari_100k``): their dueling ``FullRainbowNetwork``, ``full_rainbow_agent.train`` (10-step double-DQN target,
+Huber, Adam) against ``make_train_step``, the distribution of ``drq_image_augmentation``'s crops and intensities
+against ``drq_augment``'s, and the epsilon schedule of ``DrQ_eps.gin``. Beside another CPU-heavy process, run it
 with ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`` (one thread).
 
 It needs its own venv (ours plus JAX, Flax and TensorFlow): nothing else in this project imports it. What it
@@ -93,13 +97,14 @@ def random_play(env, steps: int, rng: np.random.Generator) -> dict[str, np.ndarr
             "terminal": np.array(terminals, np.float32)}
 
 
-def copy_into_torch(flax_params: dict, q_network) -> None:
+def copy_into_torch(flax_params: dict, q_network, heads: dict[str, str] | None = None) -> None:
     """Flax's kernels (kh, kw, in, out) and (in, out) into PyTorch's (out, in, kh, kw) and (out, in). fc1's input
-    columns are permuted from Flax's NHWC flatten (h, w, c) to PyTorch's NCHW flatten (c, h, w)."""
+    columns are permuted from Flax's NHWC flatten (h, w, c) to PyTorch's NCHW flatten (c, h, w). ``heads``: Flax's
+    names of the output layers -> ours (default: DQN's final_layer -> q)."""
     import torch
 
     layers = flax_params["params"]
-    for flax_name, name in {**LAYERS, "final_layer": "q"}.items():
+    for flax_name, name in {**LAYERS, **(heads or {"final_layer": "q"})}.items():
         kernel = np.asarray(layers[flax_name]["kernel"])
         if kernel.ndim == 4:
             kernel = kernel.transpose(3, 2, 0, 1)
@@ -208,6 +213,152 @@ def check_against_ours(game: str, seed: int, updates: int) -> None:
             np.array([dqn_redo.epsilon_at(args, int(s)) for s in steps]))
 
 
+def check_drq_against_ours(game: str, seed: int, updates: int) -> None:
+    """DrQ(eps): the authors' functions against ours on the same inputs (see the module docstring). Their settings
+    are those of ``labs/atari_100k/configs/DrQ_eps.gin``, as bindings; ours are ``--preset drq-eps``."""
+    import copy
+
+    import gin
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from dopamine.discrete_domains import atari_lib
+    from dopamine.jax.agents.dqn import dqn_agent
+    from dopamine.jax.agents.full_rainbow import full_rainbow_agent
+    from dopamine.labs.atari_100k import atari_100k_rainbow_agent
+    from dopamine.labs.redo import networks
+
+    import dqn_redo
+
+    args = dqn_redo.preset_args("drq-eps")
+    gin.parse_config(["JaxDQNAgent.gamma = 0.99", "JaxDQNAgent.update_horizon = 10",
+                      "JaxDQNAgent.min_replay_history = 1600", "JaxDQNAgent.epsilon_train = 0.01",
+                      "JaxDQNAgent.epsilon_decay_period = 5000", "create_optimizer.learning_rate = 0.0001",
+                      "create_optimizer.eps = 0.00015"])
+    gamma, horizon = gin.query_parameter("JaxDQNAgent.gamma"), gin.query_parameter("JaxDQNAgent.update_horizon")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    env = atari_lib.create_atari_environment(game_name=game, sticky_actions=False)
+    env.environment.reset(seed=seed)
+    data = random_play(env, 3000, rng)
+    n_actions = env.action_space.n
+    nchw = lambda states: torch.from_numpy(np.ascontiguousarray(states.transpose(0, 3, 1, 2)))
+    scaled = lambda states: states.astype(np.float32) / 255.0  # what their preprocess_fn gives the network
+
+    def compare(what: str, theirs: np.ndarray, mine: np.ndarray, scale: float | None = None) -> None:
+        scale = float(np.abs(theirs).max()) if scale is None else scale
+        print(f"{what:<58} max |difference| {np.abs(np.asarray(theirs) - mine).max():.2e}  (scale {scale:.2e})")
+
+    # The network: FullRainbowNetwork as the recycled DrQ agent builds it (dueling, no noise, one atom).
+    network = networks.FullRainbowNetwork(num_actions=n_actions, num_atoms=1, noisy=False, dueling=True,
+                                          distributional=False, inputs_preprocessed=True)
+    support = jnp.linspace(-10.0, 10.0, 1)
+    online = network.init(jax.random.PRNGKey(seed), scaled(data["state"][0]), support=support)
+    ours = dqn_redo.QNetwork(n_actions, "dopamine", dueling=True)
+    copy_into_torch(online, ours, heads={"Dense_1": "advantage", "Dense_2": "value"})
+    states = data["state"][rng.choice(len(data["state"]), 256, replace=False)]
+    q_theirs = np.asarray(jax.vmap(lambda s: network.apply(online, s, support=support).q_values)(scaled(states)))
+    with torch.no_grad():
+        compare("Q-values at initialization, 256 states (dueling)", q_theirs, ours(nchw(states)).numpy())
+
+    # The update: their full_rainbow_agent.train (10-step double-DQN target, Huber, optax Adam) against
+    # make_train_step on the same batches, without augmentation (compared on its own below). The target network is
+    # another initialization, fixed, so that online and target differ and double DQN's choice matters.
+    optimizer = dqn_agent.create_optimizer("adam")
+    optimizer_state = optimizer.init(online)
+    target = network.init(jax.random.PRNGKey(seed + 1), scaled(data["state"][0]), support=support)
+    target_ours = dqn_redo.QNetwork(n_actions, "dopamine", dueling=True)
+    copy_into_torch(target, target_ours, heads={"Dense_1": "advantage", "Dense_2": "value"})
+    start = copy.deepcopy(ours)
+    control = copy.deepcopy(ours)  # ours again, from weights one part in 10^7 apart: what rounding alone does
+    with torch.no_grad():
+        for parameter in control.parameters():
+            parameter.mul_(1 + 1e-7 * torch.randn_like(parameter))
+    step_ours, step_control = (dqn_redo.make_train_step(net, target_ours, torch.optim.Adam(
+        net.parameters(), lr=args.learning_rate, eps=args.adam_eps), compile=False, double_dqn=True)
+        for net in (ours, control))
+    cumulative_gamma = gamma ** horizon
+    losses_theirs, losses_ours, key = [], [], jax.random.PRNGKey(seed)
+    flips, tie_gaps = np.zeros(updates, bool), []  # where double DQN's argmax picks another next action
+    for update in range(updates):
+        index = rng.integers(len(data["state"]), size=32)
+        returns = rng.uniform(-3, 3, size=32).astype(np.float32)  # any 10-step returns of clipped rewards
+        terminals = (rng.random(32) < 0.2).astype(np.float32)
+        next_q_theirs = np.asarray(jax.vmap(lambda s: network.apply(online, s, support=support).q_values)(
+            scaled(data["next_state"][index])))
+        with torch.no_grad():
+            next_q_ours = ours(nchw(data["next_state"][index])).numpy()
+        differ = next_q_theirs.argmax(1) != next_q_ours.argmax(1)
+        flips[update] = differ.any()
+        top_two = np.sort(next_q_theirs[differ], axis=1)[:, -2:]
+        tie_gaps.append(float((top_two[:, 1] - top_two[:, 0]).max()) if differ.any() else None)
+        optimizer_state, online, _, mean_loss, key = full_rainbow_agent.train(
+            network, online, target, optimizer, optimizer_state, scaled(data["state"][index]),
+            data["action"][index], scaled(data["next_state"][index]), returns, terminals, jnp.ones(32), support,
+            cumulative_gamma, True, False, False, key)
+        losses_theirs.append(float(mean_loss))
+        batch = dqn_redo.Batch(obs=nchw(data["state"][index]), actions=torch.from_numpy(data["action"][index].astype(
+            np.int64)), rewards=torch.from_numpy(returns), next_obs=nchw(data["next_state"][index]),
+            terminated=torch.from_numpy(terminals), discounts=torch.from_numpy(
+                (cumulative_gamma * (1 - terminals)).astype(np.float32)))
+        losses_ours.append(float(step_ours(batch)[0]))
+        step_control(batch)
+        if update == 0:
+            after_one = dqn_redo.QNetwork(n_actions, "dopamine", dueling=True)
+            copy_into_torch(online, after_one, heads={"Dense_1": "advantage", "Dense_2": "value"})
+            flat = lambda net: torch.cat([p.detach().flatten() for p in net.parameters()]).numpy()
+            compare("all weights after 1 update (scale: largest change)", flat(after_one), flat(ours),
+                    float(np.abs(flat(after_one) - flat(start)).max()))
+    losses_theirs, losses_ours = np.array(losses_theirs), np.array(losses_ours)
+    first_flip = int(np.argmax(flips)) if flips.any() else updates
+    compare(f"Huber loss, 10-step double-DQN target, updates 1-{first_flip}", losses_theirs[:first_flip],
+            losses_ours[:first_flip])
+    if flips.any():  # Q-values a rounding apart: double DQN's argmax picks another next action, and the runs part
+        print(f"  at update {first_flip + 1} a next action is chosen differently, its top two Q-values "
+              f"{tie_gaps[first_flip]:.1e} apart; from there the runs part: loss max |difference| over all updates "
+              f"{np.abs(losses_theirs - losses_ours).max():.2e}")
+    theirs_now = dqn_redo.QNetwork(n_actions, "dopamine", dueling=True)
+    copy_into_torch(online, theirs_now, heads={"Dense_1": "advantage", "Dense_2": "value"})
+    largest_change = float(np.abs(flat(theirs_now) - flat(start)).max())
+    compare(f"all weights after {updates} updates (scale: largest change)", flat(theirs_now), flat(ours),
+            largest_change)
+    compare("  control: ours vs ours from weights 1e-7 apart", flat(control), flat(ours), largest_change)
+
+    # The augmentation's distribution: offsets and intensity, read off frames whose pixels hold their coordinates.
+    n = 4000
+    rows = np.broadcast_to(np.arange(84)[:, None] + 100, (84, 84))
+    frames = np.stack([rows, rows.T, rows, rows.T], axis=-1).astype(np.uint8)  # NHWC: rows, columns, rows, columns
+    keys = jax.random.split(jax.random.PRNGKey(seed), n)
+    theirs = np.asarray(jax.vmap(lambda k: atari_100k_rainbow_agent.drq_image_augmentation(
+        k, scaled(frames)[None]))(keys))[:, 0].astype(np.float64) * 255  # (n, 84, 84, 4), back on [0, 255]
+    mine = dqn_redo.drq_augment(torch.from_numpy(np.ascontiguousarray(frames.transpose(2, 0, 1)))[None].expand(
+        n, 4, 84, 84)).double().numpy().transpose(0, 2, 3, 1)
+
+    def offsets_and_intensity(out: np.ndarray):
+        intensity = out[:, 43, 0, 0] - out[:, 42, 0, 0]
+        dy = np.rint(out[:, 42, 0, 0] / intensity).astype(int) - 100 - 42 + 4
+        dx = np.rint(out[:, 0, 42, 1] / intensity).astype(int) - 100 - 42 + 4
+        i = np.arange(84)
+        model = (np.clip(i[None, :] + dy[:, None] - 4, 0, 83) + 100) * intensity[:, None]
+        return dy, dx, intensity, float(np.abs(out[:, :, 7, 2] - model).max())
+
+    for name, out in (("theirs", theirs), ("ours", mine)):
+        dy, dx, intensity, residual = offsets_and_intensity(out)
+        shares = " ".join(f"{share:.3f}" for share in np.bincount(np.concatenate([dy, dx]), minlength=8) / (2 * n))
+        at_bounds = np.mean((np.abs(intensity - 0.9) < 1e-4) | (np.abs(intensity - 1.1) < 1e-4))
+        print(f"augmentation, {name:<6}: offsets 0..7 shares {shares}; intensity in [{intensity.min():.4f}, "
+              f"{intensity.max():.4f}], mean {intensity.mean():.4f}, sd {intensity.std():.4f}, at the clip bounds "
+              f"{at_bounds:.3f}; edge-padded crop model residual {residual:.1e}")
+
+    steps = np.arange(0, 20_000, 10)
+    epsilon_theirs = np.array([float(dqn_agent.linearly_decaying_epsilon(
+        gin.query_parameter("JaxDQNAgent.epsilon_decay_period"), int(s),
+        gin.query_parameter("JaxDQNAgent.min_replay_history"), gin.query_parameter("JaxDQNAgent.epsilon_train")))
+        for s in steps])
+    compare("epsilon at every 10th agent step to 20k", epsilon_theirs,
+            np.array([dqn_redo.epsilon_at(args, int(s)) for s in steps]))
+
+
 def event_writer(log_dir: str, hyperparameters: dict):
     """TensorBoard scalars and the hyperparameter table in the format ``plot.py`` reads (that of
     torch's ``SummaryWriter``), written with the tensorboard package TensorFlow brings."""
@@ -241,6 +392,7 @@ def main() -> None:
     parser.add_argument("--out-dir", default="runs", help="the run folder goes under it")
     parser.add_argument("--check", action="store_true", help="compare the authors' parts with ours, then exit")
     parser.add_argument("--check-updates", type=int, default=300, help="updates compared by --check")
+    parser.add_argument("--check-drq", action="store_true", help="compare the authors' DrQ(eps) parts with ours")
     args = parser.parse_args()
     if args.replay_ratio <= 0 or args.replay_ratio > 1 or (1 / args.replay_ratio) % 1:
         parser.error("--replay-ratio must be 1/k for a whole k (Dopamine updates once every k agent steps)")
@@ -254,7 +406,7 @@ def main() -> None:
         parser.error(f"no ALE game named {args.game!r}: give the name as in ALE/<name>-v5, e.g. DemonAttack")
     update_period = round(1 / args.replay_ratio)
     run_dir = os.path.join(args.out_dir, f"dopamine_{args.game}__rr{args.replay_ratio:g}__{args.seed}")
-    if os.path.exists(run_dir) and not args.check:
+    if os.path.exists(run_dir) and not (args.check or args.check_drq):
         parser.error(f"{run_dir} exists: move it away or pick another --seed/--out-dir")
 
     stub_unused_imports()
@@ -263,6 +415,9 @@ def main() -> None:
     from dopamine.discrete_domains import atari_lib
     from dopamine.labs.redo import recycled_dqn_agents
 
+    if args.check_drq:
+        check_drq_against_ours(args.game, args.seed, args.check_updates)
+        return
     bindings = gin_bindings(update_period, args.seed)
     gin.parse_config(bindings)
     if args.check:
