@@ -2,6 +2,7 @@
 
     python benchmark.py                 # about 50 minutes on a 2-core CPU (both networks)
     python benchmark.py --quick         # fewer and shorter repeats, to try it out (about 10 minutes)
+    python benchmark.py --agents drq-eps --networks dopamine    # DrQ(eps) only: its update, its loop at RR 1 and 8
 
 The update step, acting, sampling and ReDo are timed in this process after a warm-up; each
 whole-loop run is a fresh `python dqn_redo.py` process. Times are medians over repeats; ratios compare
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 import tyro
 
-from dqn_redo import Batch, FrameReplayBuffer, QNetwork, make_train_step
-from redo import dormant_fractions, dormant_scores, recycle_dormant
+from dqn_redo import Batch, FrameReplayBuffer, QNetwork, drq_augment, make_train_step
+from redo import dormant_fractions, dormant_scores, recycle_dormant, srank
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Args:
     """whole-loop runs per replay ratio and path, eager and fast taking turns"""
     networks: list[str] = dataclasses.field(default_factory=lambda: ["dopamine", "nature"])
     """networks to measure: dopamine (the paper's, SAME padding, the default) and nature (VALID, CleanRL's)"""
+    agents: list[str] = dataclasses.field(default_factory=lambda: ["dqn", "drq-eps"])
+    """agents to measure: dqn (the paper's DQN: --networks, RR 0.25 and 1) and drq-eps (--preset drq-eps: the
+    dueling network, double DQN, augmentation; RR 1 and 8)"""
     loop_epsilon: float = 0.01
     """exploration epsilon of the whole-loop runs: 0.01 (default) as after the first 10 % of a default run,
     where nearly every step computes a greedy action; 1.0 as early in a run, where none does"""
@@ -77,13 +81,16 @@ def random_batch(n: int = 32) -> Batch:
     return Batch(frames(), torch.randint(0, 6, (n,)), torch.rand(n), frames(), torch.zeros(n), torch.full((n,), 0.99))
 
 
-def build_update_step(network: str, compile: bool, channels_last: bool, fused_adam: bool) -> Callable[[Batch], object]:
+def build_update_step(network: str, compile: bool, channels_last: bool, fused_adam: bool,
+                      drq: bool = False) -> Callable[[Batch], object]:
+    """DQN's update, or with ``drq`` DrQ(eps)'s: dueling network, double DQN, augmentation of obs and next obs."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    q_network = QNetwork(6, network).to(memory_format=memory_format)
+    q_network = QNetwork(6, network, dueling=drq).to(memory_format=memory_format)
     target_network = copy.deepcopy(q_network)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=6.25e-5, eps=1.5e-4, fused=fused_adam)
-    return make_train_step(q_network, target_network, optimizer, compile)
+    return make_train_step(q_network, target_network, optimizer, compile, double_dqn=drq,
+                           augment=drq_augment if drq else None)
 
 
 def time_update_step(step: Callable[[Batch], object], batches: list[Batch], repeats: int) -> tuple[float, float]:
@@ -131,7 +138,8 @@ def forward_macs(network: str) -> float:
     return counter.get_total_flops() / 2
 
 
-def whole_loop(network: str, replay_ratio: float, fast: bool, loop_steps: int, epsilon: float) -> float:
+def whole_loop(network: str, replay_ratio: float, fast: bool, loop_steps: int, epsilon: float,
+               preset: str = "dqn") -> float:
     """Agent steps per second of a real `python dqn_redo.py` run in its training phase (fixed epsilon), from
     its logged wall times. Each run is a fresh process, as a user's is: nothing this process did before
     (the allocator's state, compiled code, thread pools) changes its speed."""
@@ -143,7 +151,8 @@ def whole_loop(network: str, replay_ratio: float, fast: bool, loop_steps: int, e
                "--total-timesteps", str(warmup + loop_steps), "--learning-starts", str(warmup),
                "--buffer-size", "20000", "--replay-ratio", str(replay_ratio), "--start-e", str(epsilon),
                "--end-e", str(epsilon), "--enable-redo", "--log-interval", "25", "--checkpoint-interval", "0",
-               "--seed", "1", "--network", network, "--redo-batch-size", "64", *speed_flags]
+               "--seed", "1", "--network", network, "--redo-batch-size", "64", "--preset", preset,
+               "--eval-episodes", "0", *speed_flags]
     with tempfile.TemporaryDirectory() as folder:
         # Cold compile caches, as on a fresh machine (the warm-up is left out of the rate anyway).
         env = {**os.environ, "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
@@ -177,6 +186,11 @@ def main(args: Args) -> None:
           f"{torch.get_num_threads()} threads")
 
     batches = [random_batch() for _ in range(8)]
+    if "drq-eps" in args.agents:
+        rows += drq_rows(args, batches, repeats)
+    if "dqn" not in args.agents:
+        print_rows(rows)
+        return
     macs = {network: forward_macs(network) for network in args.networks}
     for network in args.networks:
         ratio = f"{macs[network] / macs['nature']:.2f}x nature" if "nature" in macs else ""
@@ -225,8 +239,12 @@ def main(args: Args) -> None:
     recycle_ms = median_ms(lambda: recycle_dormant(q_network, optimizer, states, tau=0.1), repeats)
     log_ms = median_ms(lambda: [dormant_fractions(dormant_scores(q_network, states), tau) for tau in (0, 0.025, 0.1)],
                        repeats)
+    with torch.no_grad():
+        srank_states = torch.randint(0, 256, (1024, 4, 84, 84), dtype=torch.uint8)
+        srank_ms = median_ms(lambda: srank(q_network.features(srank_states)), max(3, repeats // 4))
     rows += [(f"[{network}] dormant scores + fractions (64 states)", f"{scores_ms:.1f} ms", ""),
-             (f"[{network}] recycle_dormant (score + recycle, 64 states)", f"{recycle_ms:.1f} ms", "")]
+             (f"[{network}] recycle_dormant (score + recycle, 64 states)", f"{recycle_ms:.1f} ms", ""),
+             (f"[{network}] srank/fc1 (features of 1,024 states + SVD)", f"{srank_ms:.0f} ms", "")]
 
     loop = {}
     for network in args.networks:
@@ -248,14 +266,58 @@ def main(args: Args) -> None:
     network = args.networks[0]
     for replay_ratio in (0.25, 1.0):
         interval_s = (1000 / replay_ratio) / loop[network, replay_ratio, True]
-        share = (recycle_ms + log_ms) / 1000 / interval_s
-        rows.append((f"[{network}] ReDo + dormant logging, share of training time (RR {replay_ratio:g})",
-                     f"{(recycle_ms + log_ms):.0f} ms per {interval_s:.0f} s", f"{100 * share:.2f} %"))
+        check_ms = recycle_ms + log_ms + srank_ms
+        rows.append((f"[{network}] ReDo + dormant logging + srank, share of training time (RR {replay_ratio:g})",
+                     f"{check_ms:.0f} ms per {interval_s:.0f} s", f"{100 * check_ms / 1000 / interval_s:.2f} %"))
 
+    print_rows(rows)
+
+
+def print_rows(rows: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"\n| {'measurement'.ljust(width)} | median | ratio |\n|{'-' * (width + 2)}|-|-|")
     for name, value, ratio in rows:
         print(f"| {name.ljust(width)} | {value} | {ratio} |")
+
+
+def drq_rows(args: Args, batches: list[Batch], repeats: int) -> list[tuple[str, str, str]]:
+    """DrQ(eps): the update eager and fast, the check's extra cost (srank on 1,024 states), the whole loop at
+    replay ratios 1 and 8 (a fixed number of updates each: 1,000 in a full run), and the checks' share of it."""
+    eager_ms, _ = time_update_step(build_update_step("dopamine", False, False, False, drq=True), batches, repeats)
+    fast_ms, compile_s = time_update_step(build_update_step("dopamine", True, True, True, drq=True), batches, repeats)
+    rows = [("[drq-eps] update step (dueling, double DQN, augmentation), eager", f"{eager_ms:.1f} ms", "1.00x"),
+            ("[drq-eps] update step, fast (default)", f"{fast_ms:.1f} ms", f"{eager_ms / fast_ms:.2f}x"),
+            ("[drq-eps] compile warm-up (first update)", f"{compile_s:.1f} s", "")]
+    q_network = QNetwork(6, "dopamine", dueling=True).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4)
+    states = torch.randint(0, 256, (1024, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        srank_ms = median_ms(lambda: srank(q_network.features(states)), max(3, repeats // 4))
+        features = q_network.features(states)
+    svd_only_ms = median_ms(lambda: srank(features), max(3, repeats // 4))
+    check_ms = median_ms(lambda: [dormant_fractions(recycle_dormant(q_network, optimizer, states[:64], tau=0.1)[
+        "scores"], tau) for tau in (0, 0.025, 0.1)], max(3, repeats // 4))
+    rows += [("srank/fc1: fc1 features of 1,024 states + SVD (1,024 x 512)", f"{srank_ms:.0f} ms",
+              f"SVD alone {svd_only_ms:.0f} ms"),
+             ("[drq-eps] recycle + dormant fractions (64 states)", f"{check_ms:.0f} ms", "")]
+    for replay_ratio in (1.0, 8.0):
+        steps = max(100, round((250 if args.quick else 1000) / replay_ratio))
+        runs = {False: [], True: []}
+        for _ in range(1 if args.quick else min(3, args.loop_repeats)):
+            for fast in (False, True):
+                runs[fast].append(whole_loop("dopamine", replay_ratio, fast, steps, args.loop_epsilon, "drq-eps"))
+        eager, fast = (statistics.median(runs[f]) for f in (False, True))
+        each = {f: ", ".join(f"{rate:.1f}" for rate in runs[f]) for f in runs}
+        name = f"[drq-eps] whole loop, replay ratio {replay_ratio:g}, epsilon {args.loop_epsilon:g}"
+        rows += [(f"{name}, eager", f"{eager:.1f} steps/s ({each[False]})", "1.00x"),
+                 (f"{name}, fast (default)", f"{fast:.1f} steps/s ({each[True]})", f"{fast / eager:.2f}x"),
+                 (f"[drq-eps] 100k agent steps at replay ratio {replay_ratio:g}, fast", f"{1e5 / fast / 3600:.1f} h",
+                  "")]
+        interval_s = (1000 / replay_ratio) / fast  # one check per 1,000 updates
+        rows.append((f"[drq-eps] check (srank, recycle, fractions): share of training time, RR {replay_ratio:g}",
+                     f"{srank_ms + check_ms:.0f} ms per {interval_s:.0f} s",
+                     f"{100 * (srank_ms + check_ms) / 1000 / interval_s:.2f} %"))
+    return rows
 
 
 if __name__ == "__main__":

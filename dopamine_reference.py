@@ -119,6 +119,27 @@ def copy_into_torch(flax_params: dict, q_network, heads: dict[str, str] | None =
             layer.bias.copy_(torch.from_numpy(np.array(layers[flax_name]["bias"])))
 
 
+def compare(what: str, theirs: np.ndarray, mine: np.ndarray, scale: float | None = None) -> None:
+    """Prints the largest difference between the authors' values and ours, beside their scale."""
+    scale = float(np.abs(theirs).max()) if scale is None else scale
+    print(f"{what:<58} max |difference| {np.abs(np.asarray(theirs) - mine).max():.2e}  (scale {scale:.2e})")
+
+
+def compare_epsilon(args, steps: np.ndarray) -> None:
+    """Dopamine's linearly_decaying_epsilon with the parsed bindings against dqn_redo.epsilon_at with ``args``."""
+    import gin
+    from dopamine.jax.agents.dqn import dqn_agent
+
+    import dqn_redo
+
+    setting = lambda name: gin.query_parameter(f"JaxDQNAgent.{name}")
+    theirs = [float(dqn_agent.linearly_decaying_epsilon(setting("epsilon_decay_period"), int(step),
+                                                        setting("min_replay_history"), setting("epsilon_train")))
+              for step in steps]
+    compare(f"epsilon at every {steps[1] - steps[0]}th agent step to {steps[-1] + steps[1] - steps[0]:,}",
+            np.array(theirs), np.array([dqn_redo.epsilon_at(args, int(step)) for step in steps]))
+
+
 def check_against_ours(game: str, seed: int, updates: int) -> None:
     """Prints how far apart the authors' parts and ours are on the same inputs (see the module docstring).
     Their settings are the gin bindings already parsed; ours are ``dqn_redo.Args``' defaults."""
@@ -149,9 +170,6 @@ def check_against_ours(game: str, seed: int, updates: int) -> None:
     copy_into_torch(online, ours)
     nchw = lambda states: torch.from_numpy(np.ascontiguousarray(states.transpose(0, 3, 1, 2)))
 
-    def compare(what: str, theirs: np.ndarray, mine: np.ndarray, scale: float | None = None) -> None:
-        scale = float(np.abs(theirs).max()) if scale is None else scale
-        print(f"{what:<58} max |difference| {np.abs(theirs - mine).max():.2e}  (scale {scale:.2e})")
 
     states = data["state"][rng.choice(len(data["state"]), 256, replace=False)]
     q_theirs = np.asarray(jax.vmap(lambda s: network.apply(online, s).q_values)(states))
@@ -204,13 +222,7 @@ def check_against_ours(game: str, seed: int, updates: int) -> None:
     compare(f"all weights after {updates} updates (scale: largest change)", flat(theirs_now), flat(ours), change)
     compare("  control: ours vs ours from weights 1e-7 apart", flat(control), flat(ours), change)
 
-    steps = np.arange(0, 400_000, 250)
-    epsilon_theirs = np.array([float(dqn_agent.linearly_decaying_epsilon(
-        gin.query_parameter("JaxDQNAgent.epsilon_decay_period"), int(s),
-        gin.query_parameter("JaxDQNAgent.min_replay_history"), gin.query_parameter("JaxDQNAgent.epsilon_train")))
-        for s in steps])
-    compare("epsilon at every 250th agent step to 400k", epsilon_theirs,
-            np.array([dqn_redo.epsilon_at(args, int(s)) for s in steps]))
+    compare_epsilon(args, np.arange(0, 400_000, 250))
 
 
 def check_drq_against_ours(game: str, seed: int, updates: int) -> None:
@@ -245,9 +257,6 @@ def check_drq_against_ours(game: str, seed: int, updates: int) -> None:
     nchw = lambda states: torch.from_numpy(np.ascontiguousarray(states.transpose(0, 3, 1, 2)))
     scaled = lambda states: states.astype(np.float32) / 255.0  # what their preprocess_fn gives the network
 
-    def compare(what: str, theirs: np.ndarray, mine: np.ndarray, scale: float | None = None) -> None:
-        scale = float(np.abs(theirs).max()) if scale is None else scale
-        print(f"{what:<58} max |difference| {np.abs(np.asarray(theirs) - mine).max():.2e}  (scale {scale:.2e})")
 
     # The network: FullRainbowNetwork as the recycled DrQ agent builds it (dueling, no noise, one atom).
     network = networks.FullRainbowNetwork(num_actions=n_actions, num_atoms=1, noisy=False, dueling=True,
@@ -350,13 +359,7 @@ def check_drq_against_ours(game: str, seed: int, updates: int) -> None:
               f"{intensity.max():.4f}], mean {intensity.mean():.4f}, sd {intensity.std():.4f}, at the clip bounds "
               f"{at_bounds:.3f}; edge-padded crop model residual {residual:.1e}")
 
-    steps = np.arange(0, 20_000, 10)
-    epsilon_theirs = np.array([float(dqn_agent.linearly_decaying_epsilon(
-        gin.query_parameter("JaxDQNAgent.epsilon_decay_period"), int(s),
-        gin.query_parameter("JaxDQNAgent.min_replay_history"), gin.query_parameter("JaxDQNAgent.epsilon_train")))
-        for s in steps])
-    compare("epsilon at every 10th agent step to 20k", epsilon_theirs,
-            np.array([dqn_redo.epsilon_at(args, int(s)) for s in steps]))
+    compare_epsilon(args, np.arange(0, 20_000, 10))
 
 
 def event_writer(log_dir: str, hyperparameters: dict):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import os
@@ -153,6 +154,16 @@ class Args:
     resume: str | None = None
     """a run folder or checkpoint to continue; its arguments are the defaults, and only some may change (README)"""
 
+    # CleanRL's conventions
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases (the TensorBoard scalars, mirrored)"""
+    wandb_project_name: str = "redo"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent's training games (to the `videos/<run name>` folder)"""
+
 
 # DrQ(eps) on Atari 100k (Dopamine's labs/atari_100k/configs/DrQ_eps.gin with the ReDo lab's network; README table).
 PRESETS: dict[str, dict] = {
@@ -170,7 +181,7 @@ def preset_args(preset: str, **overrides) -> Args:
     return dataclasses.replace(Args(), preset=preset, **{**PRESETS[preset], **overrides})
 
 
-CHANGEABLE_ON_RESUME = {"total_timesteps", "log_interval", "checkpoint_interval", "checkpoint_buffer", "save_model",
+CHANGEABLE_ON_RESUME = {"track", "wandb_project_name", "wandb_entity", "total_timesteps", "log_interval", "checkpoint_interval", "checkpoint_buffer", "save_model",
                         "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "fused_adam",
                         "torch_threads", "resume", "exp_name"}
 
@@ -204,21 +215,26 @@ class LifeLossTerminal(gym.Wrapper):
         return self.last_obs, {}
 
 
-def make_env(args: Args, evaluation: bool = False) -> gym.Env:
+def make_env(args: Args, evaluation: bool = False, video_folder: str | None = None) -> gym.Env:
     """The Atari stack of ``args``, with exactly 4 emulator frames per agent step for every id.
 
     The defaults are Dopamine's (``atari_lib.create_atari_environment``): sticky actions 0.25, a max
     over the last two of the 4 frames, full-game episodes, no no-op or FIRE resets, 84x84 greyscale
     (area interpolation), 4 stacked frames, at most 27,000 agent steps. ``evaluation`` plays full games.
+    With ``video_folder``, whole games (not lives) are recorded there in colour, one frame per agent step:
+    games 0, 1, 8, 27, ..., 729, 1000 and every 1000th after (gymnasium's capped cubic schedule).
     """
     # frameskip=1 overrides the id's own skipping (v4: 2-4 frames at random, v5: 4), so that
     # MaxAndSkipEnv's 4 is the only one. The ALE applies stickiness at every emulator frame, as in Dopamine.
     env = gym.make(args.env_id, frameskip=1, obs_type="grayscale", repeat_action_probability=args.sticky_actions,
-                   max_num_frames_per_episode=4 * args.max_episode_steps)
+                   max_num_frames_per_episode=4 * args.max_episode_steps,
+                   render_mode="rgb_array" if video_folder else None)
     env = gym.wrappers.RecordEpisodeStatistics(env)  # innermost: real, unclipped, full-game returns
     if args.noop_max > 0:
         env = NoopResetEnv(env, noop_max=args.noop_max)
     env = MaxAndSkipEnv(env, skip=4)
+    if video_folder:  # below the life-loss wrapper, whose resets are only those of a new game
+        env = gym.wrappers.RecordVideo(env, video_folder, fps=15, disable_logger=True)
     if args.terminal_on_life_loss and not evaluation:
         env = LifeLossTerminal(env)
     if args.fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
@@ -688,11 +704,30 @@ def argument_error(args: Args) -> str | None:
         close = difflib.get_close_matches(args.env_id, ids, n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "try e.g. DemonAttack-v4 or ALE/DemonAttack-v5"
         return f"unknown Atari env id '{args.env_id}': {hint}"
+    if args.track:
+        error = wandb_error()
+        if error:
+            return error
+    if args.capture_video and importlib.util.find_spec("moviepy") is None:
+        return "--capture-video needs moviepy: pip install moviepy==2.2.1 (pinned in requirements.txt)"
     needed, available = FrameReplayBuffer.bytes_needed(args.buffer_size), available_memory_bytes()
     if available is not None and needed > 0.9 * available:
         return (f"--buffer-size {args.buffer_size:,} needs {needed / 2**30:.1f} GiB of memory but "
                 f"{available / 2**30:.1f} GiB is available; lower --buffer-size")
     return None
+
+
+def wandb_error() -> str | None:
+    """Why --track cannot log, or None: wandb missing, or neither a login nor an offline mode."""
+    if importlib.util.find_spec("wandb") is None:
+        return "--track needs wandb: pip install wandb==0.31.0 (pinned in requirements.txt)"
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return None
+    netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+    if os.path.isfile(netrc) and "api.wandb.ai" in open(netrc).read():
+        return None
+    return ("--track needs a Weights & Biases login (run `wandb login`, or set WANDB_API_KEY), or WANDB_MODE=offline "
+            "to log locally and `wandb sync` later")
 
 
 def resume_mismatch(args: Args, checkpoint: dict) -> str | None:
@@ -772,6 +807,8 @@ def restore_env_state(env, state: dict) -> None:
     for saved in state["layers"]:
         for key, value in from_plain(saved).items():
             setattr(layer, key, value)
+        if isinstance(layer, gym.wrappers.RecordVideo):
+            layer.recording = False  # the frames of a game being recorded are not saved: the next scheduled one is
         layer = getattr(layer, "env", None)
     ale_state = ale_py.ALEState.__new__(ale_py.ALEState)
     ale_state.__setstate__(state["ale"])
@@ -910,6 +947,7 @@ class Counters:
     training_steps: int = 0  # agent steps past the warm-up
     warmup_left: int = 0  # agent steps of warm-up still to play (again after a resume without saved replay)
     episode_steps: int = 0
+    wandb_run_id: str = ""  # with --track: the W&B run a resume continues
     # fc1 neurons --redo-tau-dormant at any check so far (for dormant/overlap/fc1)
     fc1_dormant_before: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(512, dtype=torch.bool))
 
@@ -996,6 +1034,16 @@ class Progress:
 
 # ---------------------------------------------------------------------------------------------------
 # Run folder, logging, the saved model
+
+
+def start_wandb(args: Args, run_dir: str, checkpoint: dict | None) -> str:
+    """Starts (or, on --resume, continues) the W&B run that mirrors this run's TensorBoard scalars; returns its id."""
+    import wandb
+
+    run_id = (checkpoint["counters"].get("wandb_run_id") if checkpoint else "") or None  # None: a new W&B run
+    run = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                     config=vars(args), name=os.path.basename(run_dir), id=run_id, resume="allow", save_code=True)
+    return run.id
 
 
 def hardware(device: torch.device) -> str:
@@ -1121,6 +1169,7 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
 
     run_dir = checkpoint["run_dir"] if checkpoint else new_run_dir(args)
     start_step = checkpoint["global_step"] if checkpoint else 0
+    wandb_run_id = start_wandb(args, run_dir, checkpoint) if args.track else ""  # before the writer it mirrors
     # purge_step drops what an interrupted run logged after its checkpoint: curves continue without duplicates.
     writer = SummaryWriter(run_dir, purge_step=start_step if checkpoint else None)
     if args.torch_threads > 0:
@@ -1139,7 +1188,7 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     print_setup(args, run_dir, start_step, device, resuming=checkpoint is not None)
 
-    env = make_env(args)
+    env = make_env(args, video_folder=f"videos/{os.path.basename(run_dir)}" if args.capture_video else None)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     q_network = QNetwork(env.action_space.n, args.network, args.dueling).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps,
@@ -1152,6 +1201,7 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
 
     obs, _ = env.reset(seed=args.seed)
     counters, progress = Counters(warmup_left=args.learning_starts), Progress(args, start_step)
+    counters.wandb_run_id = wandb_run_id
     run = (args, counters, progress, q_network, target_network, optimizer, env, rng, device, rb)
     if checkpoint is not None:
         obs = restore_run(checkpoint, *run)
@@ -1220,6 +1270,10 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
         exit_code = 3
     env.close()
     writer.close()
+    if args.track:
+        import wandb
+
+        wandb.finish(exit_code=exit_code)
     if stop.signum is not None and exit_code == 0:
         print(f"stopped at step {global_step + 1:,}; continue with: python {os.path.basename(__file__)} "
               f"--resume {run_dir}", file=sys.stderr)

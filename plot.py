@@ -427,6 +427,7 @@ def sweep_report(runs: list[Run], args: Args) -> str:
         os.makedirs(args.out_dir, exist_ok=True)
         path = os.path.join(args.out_dir, f"{args.prefix}{file_name}.png")
         fig.savefig(path, dpi=120)
+        plt.close(fig)
         lines.append(f"wrote {path}")
         if tag == "charts/episodic_return":
             final = final_scores(runs, games, next(iter(arrays.values())).shape[0], args.final_fraction, args.score)
@@ -507,7 +508,7 @@ def summary_table(runs: list[Run]) -> str:
         evaluation = [run.scalars["eval/episodic_return"][1].mean() for run in members
                       if "eval/episodic_return" in run.scalars]
         show = lambda xs, digits: (f"{np.nanmean(xs):.{digits}f} ({', '.join(f'{x:.{digits}f}' for x in xs)})"
-                                   if xs else "-")
+                                   if not np.isnan(xs).all() else "-")
         lines.append(f"| {group[0]} | {group_label(members)} | {len(members)} | "
                      f"{', '.join(f'{s:,}' for s in sorted(set(last_steps)))} | {show(returns, 0)} | "
                      f"{show(evaluation, 0)} | {show(dormant['0'], 1)} | {show(dormant['0.1'], 1)} |")

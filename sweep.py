@@ -36,7 +36,7 @@ RESERVED = {"--env-id", "--seed", "--replay-ratio", "--enable-redo", "--no-enabl
 @dataclass
 class SweepArgs:
     env_ids: list[str] = field(default_factory=lambda: ["DemonAttack-v4"])
-    """games"""
+    """games; `atari100k` stands for the 26 games of the Atari 100k benchmark (plot.ATARI_100K_GAMES, as *-v4 ids)"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     """seeds of every game, ratio and arm"""
     replay_ratios: list[float] = field(default_factory=lambda: [0.25])
@@ -73,8 +73,15 @@ class Cell:
         return f"{self.env_id.replace('/', '-')}__rr{self.replay_ratio:g}__{self.arm}__s{self.seed}"
 
 
+def env_ids_of(args: SweepArgs) -> list[str]:
+    from plot import ATARI_100K_GAMES
+
+    return [env_id for name in args.env_ids
+            for env_id in ([f"{game}-v4" for game in ATARI_100K_GAMES] if name == "atari100k" else [name])]
+
+
 def cells_of(args: SweepArgs) -> list[Cell]:
-    return [Cell(env_id, ratio, arm, seed) for env_id in args.env_ids for ratio in args.replay_ratios
+    return [Cell(env_id, ratio, arm, seed) for env_id in env_ids_of(args) for ratio in args.replay_ratios
             for arm in args.arms for seed in args.seeds]
 
 

@@ -33,6 +33,10 @@ def test_grid_and_folder_names_are_one_to_one():
     assert len(cells) == 16 and len({cell.name for cell in cells}) == 16
     assert Cell("ALE/Breakout-v5", 0.25, "redo", 2).name == "ALE-Breakout-v5__rr0.25__redo__s2"
     assert extra_flags(["--seeds", "1", "--", "--total-timesteps", "5"]) == (["--seeds", "1"], ["--total-timesteps", "5"])
+    # The Atari 100k grid of the paper's Fig. 10d: 26 games x 4 replay ratios x 2 arms x 10 seeds.
+    grid = cells_of(SweepArgs(env_ids=["atari100k"], seeds=list(range(1, 11)), replay_ratios=[1, 2, 4, 8]))
+    assert len(grid) == 26 * 4 * 2 * 10 == len({cell.name for cell in grid})
+    assert "PrivateEye-v4__rr8__redo__s10" in {cell.name for cell in grid}
 
 
 @pytest.mark.slow
