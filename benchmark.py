@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import tyro
 
-from dqn_redo import Batch, FrameReplayBuffer, QNetwork, drq_augment, make_train_step
+from dqn_redo import Batch, FrameReplayBuffer, QNetwork, cpu_name, drq_augment, make_train_step
 from redo import dormant_fractions, dormant_scores, recycle_dormant, srank
 
 
@@ -51,18 +50,6 @@ class Args:
     loop_epsilon: float = 0.01
     """exploration epsilon of the whole-loop runs: 0.01 (default) as after the first 10 % of a default run,
     where nearly every step computes a greedy action; 1.0 as early in a run, where none does"""
-
-
-def cpu_name() -> str:
-    """The CPU's model name (platform.processor() is often empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:

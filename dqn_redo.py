@@ -23,6 +23,7 @@ import json
 import math
 import os
 import pickle
+import platform
 import random
 import shutil
 import signal
@@ -1046,16 +1047,19 @@ def start_wandb(args: Args, run_dir: str, checkpoint: dict | None) -> str:
     return run.id
 
 
-def hardware(device: torch.device) -> str:
-    """The CPU model and core count (and the GPU), for figures that say where a run was made."""
-    cpu = "unknown CPU"
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is often empty on Linux)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device) -> str:
+    """The CPU model and core count (and the GPU), for figures that say where a run was made."""
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}"
 
 
 def code_commit() -> str:
