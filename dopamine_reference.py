@@ -10,6 +10,7 @@ dormant neurons with the lab's own ``BaseRecycler.log_dead_neurons_count``, at t
     pip install -r requirements-dopamine.txt && pip install --no-deps dopamine-rl==4.1.2
     python dopamine_reference.py --check
     python dopamine_reference.py --check-drq --check-updates 20
+    python dopamine_reference.py --check-recycler runs/<a DrQ run>/checkpoint.pt --check-updates 1000
     python dopamine_reference.py --game DemonAttack --replay-ratio 1 --total-timesteps 100000 --seed 1
     python plot.py runs/DemonAttack-v4__baseline_rr1__1__* runs/dopamine_DemonAttack__rr1__1
 
@@ -19,7 +20,9 @@ from the same batches (beside a control: ours against ours from weights one part
 scores against ``redo.dormant_scores``, and their epsilon schedule. ``--check-drq`` does the same for DrQ(eps)
 (``labs/atari_100k``): their dueling ``FullRainbowNetwork``, ``full_rainbow_agent.train`` (10-step double-DQN target,
 Huber, Adam) against ``make_train_step``, the distribution of ``drq_image_augmentation``'s crops and intensities
-against ``drq_augment``'s, and the epsilon schedule of ``DrQ_eps.gin``. Beside another CPU-heavy process, run it
+against ``drq_augment``'s, and the epsilon schedule of ``DrQ_eps.gin``. ``--check-recycler`` runs the lab's
+``NeuronRecycler`` and ``redo.recycle_dormant`` on a DrQ(eps) run's own checkpoint and trains on from both (see
+:func:`check_recycler_against_ours`). Beside another CPU-heavy process, run it
 with ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`` (one thread).
 
 It needs its own venv (ours plus JAX, Flax and TensorFlow): nothing else in this project imports it. What it
@@ -37,6 +40,7 @@ import types
 import numpy as np
 
 LAYERS = {"Conv_0": "conv1", "Conv_1": "conv2", "Conv_2": "conv3", "Dense_0": "fc1"}  # Flax's names -> ours
+DUELING_HEADS = {"Dense_1": "advantage", "Dense_2": "value"}  # FullRainbowNetwork's heads -> ours
 TAUS = (0.0, 0.025, 0.1)
 
 
@@ -105,7 +109,7 @@ def copy_into_torch(flax_params: dict, q_network, heads: dict[str, str] | None =
 
     layers = flax_params["params"]
     for flax_name, name in {**LAYERS, **(heads or {"final_layer": "q"})}.items():
-        kernel = np.asarray(layers[flax_name]["kernel"])
+        kernel = np.array(layers[flax_name]["kernel"])  # a writable copy: torch.from_numpy warns on JAX's read-only view
         if kernel.ndim == 4:
             kernel = kernel.transpose(3, 2, 0, 1)
         elif name == "fc1":
@@ -264,7 +268,7 @@ def check_drq_against_ours(game: str, seed: int, updates: int) -> None:
     support = jnp.linspace(-10.0, 10.0, 1)
     online = network.init(jax.random.PRNGKey(seed), scaled(data["state"][0]), support=support)
     ours = dqn_redo.QNetwork(n_actions, "dopamine", dueling=True)
-    copy_into_torch(online, ours, heads={"Dense_1": "advantage", "Dense_2": "value"})
+    copy_into_torch(online, ours, heads=DUELING_HEADS)
     states = data["state"][rng.choice(len(data["state"]), 256, replace=False)]
     q_theirs = np.asarray(jax.vmap(lambda s: network.apply(online, s, support=support).q_values)(scaled(states)))
     with torch.no_grad():
@@ -277,7 +281,7 @@ def check_drq_against_ours(game: str, seed: int, updates: int) -> None:
     optimizer_state = optimizer.init(online)
     target = network.init(jax.random.PRNGKey(seed + 1), scaled(data["state"][0]), support=support)
     target_ours = dqn_redo.QNetwork(n_actions, "dopamine", dueling=True)
-    copy_into_torch(target, target_ours, heads={"Dense_1": "advantage", "Dense_2": "value"})
+    copy_into_torch(target, target_ours, heads=DUELING_HEADS)
     start = copy.deepcopy(ours)
     control = copy.deepcopy(ours)  # ours again, from weights one part in 10^7 apart: what rounding alone does
     with torch.no_grad():
@@ -314,7 +318,7 @@ def check_drq_against_ours(game: str, seed: int, updates: int) -> None:
         step_control(batch)
         if update == 0:
             after_one = dqn_redo.QNetwork(n_actions, "dopamine", dueling=True)
-            copy_into_torch(online, after_one, heads={"Dense_1": "advantage", "Dense_2": "value"})
+            copy_into_torch(online, after_one, heads=DUELING_HEADS)
             flat = lambda net: torch.cat([p.detach().flatten() for p in net.parameters()]).numpy()
             compare("all weights after 1 update (scale: largest change)", flat(after_one), flat(ours),
                     float(np.abs(flat(after_one) - flat(start)).max()))
@@ -327,7 +331,7 @@ def check_drq_against_ours(game: str, seed: int, updates: int) -> None:
               f"{tie_gaps[first_flip]:.1e} apart; from there the runs part: loss max |difference| over all updates "
               f"{np.abs(losses_theirs - losses_ours).max():.2e}")
     theirs_now = dqn_redo.QNetwork(n_actions, "dopamine", dueling=True)
-    copy_into_torch(online, theirs_now, heads={"Dense_1": "advantage", "Dense_2": "value"})
+    copy_into_torch(online, theirs_now, heads=DUELING_HEADS)
     largest_change = float(np.abs(flat(theirs_now) - flat(start)).max())
     compare(f"all weights after {updates} updates (scale: largest change)", flat(theirs_now), flat(ours),
             largest_change)
@@ -360,6 +364,179 @@ def check_drq_against_ours(game: str, seed: int, updates: int) -> None:
               f"{at_bounds:.3f}; edge-padded crop model residual {residual:.1e}")
 
     compare_epsilon(args, np.arange(0, 20_000, 10))
+
+
+def flax_tree(tensors: dict, heads: dict[str, str]) -> dict:
+    """The inverse of :func:`copy_into_torch`: tensors shaped like our parameters, keyed by our names
+    ("fc1.weight", ...), as a frozen Flax tree {"params": {layer: {"kernel", "bias"}}}. Parameters and Adam's
+    moments alike."""
+    import flax
+    import jax.numpy as jnp
+
+    tree = {}
+    for flax_name, name in {**LAYERS, **heads}.items():
+        weight = tensors[f"{name}.weight"].detach().cpu().numpy()
+        if weight.ndim == 4:
+            kernel = weight.transpose(2, 3, 1, 0)
+        elif name == "fc1":  # columns from PyTorch's (c, h, w) flatten to Flax's (h, w, c) rows
+            side = round((weight.shape[1] / 64) ** 0.5)
+            kernel = weight.reshape(-1, 64, side, side).transpose(2, 3, 1, 0).reshape(-1, weight.shape[0])
+        else:
+            kernel = weight.T
+        tree[flax_name] = {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(tensors[f"{name}.bias"].detach().numpy())}
+    return flax.core.freeze({"params": tree})
+
+
+def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
+    """One ReDo step on a DrQ(eps) run's own state, the authors' ``NeuronRecycler`` against
+    ``redo.recycle_dormant``, then what becomes of the recycled neurons. ``path``: a checkpoint of a ``--dueling``
+    run saved with ``--checkpoint-buffer`` (network, Adam state and replay).
+
+    Both recycle the same network (ours copied into Flax), with the same Adam state, scored on the same replay
+    states at the run's --redo-tau, and both results are copied back into PyTorch. Printed: the scores and masks,
+    which entries each changed (parameters and moments), the scale of the re-drawn weights. Then each result, and
+    the network without recycling, trains ``updates`` more updates of the run's own rule (10-step double DQN,
+    DrQ augmentation, the target copied after every update as at replay ratio 1) on the same batches, and the
+    recycled neurons are scored again. A third recycler, theirs with ``weight_scaling=True`` (an option of
+    their code, off in the paper's runs: re-drawn rows take the mean norm of the kept ones), shows what the
+    scale of the re-drawn weights does."""
+    import copy
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import torch
+    from dopamine.labs.redo import networks, weight_recyclers
+
+    import dqn_redo
+    import redo
+
+    checkpoint, error = dqn_redo.load_checkpoint(path)
+    if error is None and not checkpoint["args"].get("dueling"):
+        error = f"{path} is not a --dueling (DrQ(eps)) run: the authors' recycler is run on their dueling network"
+    if error is None and checkpoint.get("buffer") is None:
+        error = f"{path} holds no replay buffer: give a checkpoint of a run saved with --checkpoint-buffer"
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    saved = checkpoint["args"]
+    tau = saved["redo_tau"]
+    n_actions = checkpoint["q_network"]["advantage.weight"].shape[0]
+    torch.manual_seed(seed)
+    rb = dqn_redo.FrameReplayBuffer(saved["buffer_size"], 4, (84, 84), torch.device("cpu"),
+                                    np.random.default_rng(seed), saved["n_step"], saved["gamma"])
+    rb.load_state_dict(checkpoint["buffer"])
+    states = rb.sample(saved["redo_batch_size"]).obs  # what the recycling is decided on, as in the run
+    probe = rb.sample(1024).obs  # other states, more of them, to measure on
+
+    def restored():
+        net = dqn_redo.QNetwork(n_actions, saved["network"], dueling=True)
+        net.load_state_dict(checkpoint["q_network"])
+        adam = torch.optim.Adam(net.parameters(), lr=saved["learning_rate"], eps=saved["adam_eps"])
+        dqn_redo.load_optimizer_state(adam, copy.deepcopy(checkpoint["optimizer"]))  # steps too: no shared tensor
+        return net, adam
+
+    def moments(net, adam, key):
+        return {name: adam.state[param][key] for name, param in net.named_parameters()}
+
+    before, adam_before = restored()
+    print(f"{path}: step {checkpoint['global_step']:,}, {int(moments(before, adam_before, 'step')['fc1.weight']):,}"
+          f" Adam steps; tau {tau:g}, {len(states)} scoring states, {updates} updates after")
+
+    # Their recycler on our network, copied into Flax, with our Adam state as optax's.
+    network = networks.FullRainbowNetwork(num_actions=n_actions, num_atoms=1, noisy=False, dueling=True,
+                                          distributional=False, inputs_preprocessed=True)
+    support = jnp.linspace(-10.0, 10.0, 1)
+    params = flax_tree(before.state_dict(), DUELING_HEADS)
+    nhwc = states.numpy().transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+    intermediates = jax.vmap(lambda s: network.apply(
+        params, s, support=support, capture_intermediates=lambda layer, _: "act" in (layer.name or ""),
+        mutable=["intermediates"])[1]["intermediates"])(nhwc)
+    adam_state = (optax.ScaleByAdamState(count=jnp.asarray(int(moments(before, adam_before, "step")["fc1.weight"])),
+                                         mu=flax_tree(moments(before, adam_before, "exp_avg"), DUELING_HEADS),
+                                         nu=flax_tree(moments(before, adam_before, "exp_avg_sq"), DUELING_HEADS)),
+                  optax.EmptyState())
+    # The agent's layer list for a dueling network: Dense_0 is read by both heads (recycled_atari100k_rainbow_agent).
+    layer_names = [*LAYERS, list(DUELING_HEADS)]
+
+    def theirs(weight_scaling: bool):
+        recycler = weight_recyclers.NeuronRecycler(layer_names, dead_neurons_threshold=tau,
+                                                   weight_scaling=weight_scaling)
+        new_params, new_state = recycler.recycle_dead_neurons(intermediates, params, jax.random.PRNGKey(seed),
+                                                               adam_state)
+        net, adam = restored()
+        copy_into_torch(new_params, net, heads=DUELING_HEADS)
+        for key, tree in (("exp_avg", new_state[0].mu), ("exp_avg_sq", new_state[0].nu)):
+            holder = dqn_redo.QNetwork(n_actions, saved["network"], dueling=True)
+            copy_into_torch(tree, holder, heads=DUELING_HEADS)
+            for (name, param), value in zip(net.named_parameters(), holder.parameters()):
+                adam.state[param][key].copy_(value.detach())
+        scores = {LAYERS[name]: np.asarray(recycler.estimate_neuron_score(intermediates[f"{name}_act"]["__call__"][0]))
+                  for name in LAYERS}
+        return net, adam, scores
+
+    theirs_net, theirs_adam, scores_theirs = theirs(weight_scaling=False)
+    scaled_net, scaled_adam, _ = theirs(weight_scaling=True)
+    ours_net, ours_adam = restored()
+    result = redo.recycle_dormant(ours_net, ours_adam, states, tau=tau, init_fn=dqn_redo.QNetwork.weight_init(
+        saved["network"]))
+    recycled = {layer: score <= tau for layer, score in result["scores"].items()}
+    for layer, score in result["scores"].items():
+        flips = int(((scores_theirs[layer] <= tau) != recycled[layer].numpy()).sum())
+        compare(f"dormant scores, {layer}: {int(recycled[layer].sum())} recycled, {flips} classified otherwise",
+                scores_theirs[layer], score.numpy())
+
+    print("entries changed from the checkpoint, by the authors' recycler only / by ours only / by both "
+          "(max |theirs - ours| where neither changed; largest |value| that only one of them changed):")
+    for kind, get in (("weights", lambda net, adam: {name: p.detach() for name, p in net.named_parameters()}),
+                      ("Adam mu", lambda net, adam: moments(net, adam, "exp_avg")),
+                      ("Adam nu", lambda net, adam: moments(net, adam, "exp_avg_sq"))):
+        start, mine, their = get(before, adam_before), get(ours_net, ours_adam), get(theirs_net, theirs_adam)
+        for name, value in start.items():
+            changed_theirs, changed_ours = their[name] != value, mine[name] != value
+            neither = ~(changed_theirs | changed_ours)
+            rest = float((their[name] - mine[name])[neither].abs().max()) if neither.any() else 0.0
+            counts = [int(changed.sum()) for changed in (changed_theirs & ~changed_ours, changed_ours & ~changed_theirs,
+                                                         changed_theirs & changed_ours)]
+            one_only = changed_theirs ^ changed_ours
+            largest = float(value[one_only].abs().max()) if one_only.any() else 0.0
+            if any(counts) or rest:
+                print(f"  {kind:<8} {name:<17} {counts[0]:>7,} / {counts[1]:>7,} / {counts[2]:>7,}  ({rest:.1e}; "
+                      f"{largest:.1e})")
+
+    def row_norms(net, layer):
+        return getattr(net, layer).weight.detach().flatten(1).norm(dim=1)
+
+    print("incoming weight norm per neuron, median: kept neurons | re-drawn by theirs | by ours | by theirs, scaled")
+    for layer, mask in recycled.items():
+        if mask.any():
+            print(f"  {layer:<6} {row_norms(before, layer)[~mask].median():.3f} | " + " | ".join(
+                f"{row_norms(net, layer)[mask].median():.3f}" for net in (theirs_net, ours_net, scaled_net)))
+
+    # The same updates for each, from the same seeds: the run's update rule at replay ratio 1.
+    arms = {"no recycling": (before, adam_before), "authors' recycler": (theirs_net, theirs_adam),
+            "ours (redo.py)": (ours_net, ours_adam), "authors', weight_scaling": (scaled_net, scaled_adam)}
+    marks = sorted({0, updates // 4, updates // 2, updates})
+    print(f"recycled neurons (chosen above) still or again dormant at tau {tau:g}, on {len(probe)} other states, "
+          f"after k updates; in brackets their mean score and the whole network's dormant fraction:")
+    print(f"  {'':<26}" + "".join(f"{'k = ' + format(k, ','):>26}" for k in marks))
+    for label, (net, adam) in arms.items():
+        target = copy.deepcopy(net)
+        step = dqn_redo.make_train_step(net, target, adam, compile=False, double_dqn=True,
+                                        augment=dqn_redo.drq_augment)
+        rb.rng = np.random.default_rng(seed + 1)
+        torch.manual_seed(seed + 1)
+        cells = []
+        for k in range(updates + 1):
+            if k in marks:
+                scores = redo.dormant_scores(net, probe)
+                chosen = torch.cat([scores[layer][mask] for layer, mask in recycled.items()])
+                total = redo.dormant_fractions(scores, tau)["total"]
+                cells.append(f"{(chosen <= tau).float().mean():.0%} ({chosen.mean():.2f}, {total:.1%})")
+            if k < updates:
+                step(rb.sample(saved["batch_size"]))
+                target.load_state_dict(net.state_dict())
+        print(f"  {label:<26}" + "".join(f"{cell:>26}" for cell in cells), flush=True)
 
 
 def event_writer(log_dir: str, hyperparameters: dict):
@@ -396,6 +573,8 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="compare the authors' parts with ours, then exit")
     parser.add_argument("--check-updates", type=int, default=300, help="updates compared by --check")
     parser.add_argument("--check-drq", action="store_true", help="compare the authors' DrQ(eps) parts with ours")
+    parser.add_argument("--check-recycler", metavar="CHECKPOINT", help="a DrQ(eps) run's checkpoint (with its "
+                        "replay): recycle it with the authors' NeuronRecycler and with ours, then train each")
     args = parser.parse_args()
     if args.replay_ratio <= 0 or args.replay_ratio > 1 or (1 / args.replay_ratio) % 1:
         parser.error("--replay-ratio must be 1/k for a whole k (Dopamine updates once every k agent steps)")
@@ -409,7 +588,7 @@ def main() -> None:
         parser.error(f"no ALE game named {args.game!r}: give the name as in ALE/<name>-v5, e.g. DemonAttack")
     update_period = round(1 / args.replay_ratio)
     run_dir = os.path.join(args.out_dir, f"dopamine_{args.game}__rr{args.replay_ratio:g}__{args.seed}")
-    if os.path.exists(run_dir) and not (args.check or args.check_drq):
+    if os.path.exists(run_dir) and not (args.check or args.check_drq or args.check_recycler):
         parser.error(f"{run_dir} exists: move it away or pick another --seed/--out-dir")
 
     stub_unused_imports()
@@ -420,6 +599,9 @@ def main() -> None:
 
     if args.check_drq:
         check_drq_against_ours(args.game, args.seed, args.check_updates)
+        return
+    if args.check_recycler:
+        check_recycler_against_ours(args.check_recycler, args.seed, args.check_updates)
         return
     bindings = gin_bindings(update_period, args.seed)
     gin.parse_config(bindings)
