@@ -395,8 +395,8 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
     Both recycle the same network (ours copied into Flax), with the same Adam state, scored on the same replay
     states at the run's --redo-tau, and both results are copied back into PyTorch. Printed: the scores and masks,
     which entries each changed (parameters and moments), the scale of the re-drawn weights. Then each result, and
-    the network without recycling, trains ``updates`` more updates of the run's own rule (10-step double DQN,
-    DrQ augmentation, the target copied after every update as at replay ratio 1) on the same batches, and the
+    the network without recycling, trains ``updates`` more updates of the run's own rule (its n-step, double DQN
+    and augmentation; the target copied after every update, as at replay ratio 1) on the same batches, and the
     recycled neurons are scored again. A third recycler, theirs with ``weight_scaling=True`` (an option of
     their code, off in the paper's runs: re-drawn rows take the mean norm of the kept ones), shows what the
     scale of the re-drawn weights does."""
@@ -459,7 +459,7 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
     # The agent's layer list for a dueling network: Dense_0 is read by both heads (recycled_atari100k_rainbow_agent).
     layer_names = [*LAYERS, list(DUELING_HEADS)]
 
-    def theirs(weight_scaling: bool):
+    def recycled_by_authors(weight_scaling: bool):
         recycler = weight_recyclers.NeuronRecycler(layer_names, dead_neurons_threshold=tau,
                                                    weight_scaling=weight_scaling)
         new_params, new_state = recycler.recycle_dead_neurons(intermediates, params, jax.random.PRNGKey(seed),
@@ -475,8 +475,8 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
                   for name in LAYERS}
         return net, adam, scores
 
-    theirs_net, theirs_adam, scores_theirs = theirs(weight_scaling=False)
-    scaled_net, scaled_adam, _ = theirs(weight_scaling=True)
+    theirs_net, theirs_adam, scores_theirs = recycled_by_authors(weight_scaling=False)
+    scaled_net, scaled_adam, _ = recycled_by_authors(weight_scaling=True)
     ours_net, ours_adam = restored()
     result = redo.recycle_dormant(ours_net, ours_adam, states, tau=tau, init_fn=dqn_redo.QNetwork.weight_init(
         saved["network"]))
@@ -522,8 +522,8 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
     print(f"  {'':<26}" + "".join(f"{'k = ' + format(k, ','):>26}" for k in marks))
     for label, (net, adam) in arms.items():
         target = copy.deepcopy(net)
-        step = dqn_redo.make_train_step(net, target, adam, compile=False, double_dqn=True,
-                                        augment=dqn_redo.drq_augment)
+        step = dqn_redo.make_train_step(net, target, adam, compile=False, double_dqn=saved["double_dqn"],
+                                        augment=dqn_redo.drq_augment if saved["augmentation"] == "drq" else None)
         rb.rng = np.random.default_rng(seed + 1)
         torch.manual_seed(seed + 1)
         cells = []
