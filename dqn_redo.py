@@ -601,13 +601,17 @@ def evaluate(q_network: QNetwork, args: Args, device: torch.device, stop: StopSi
     than --eval-episodes if ``stop`` is signalled."""
     env = make_env(args, evaluation=True)
     rng = np.random.default_rng(args.seed + 1)
-    returns = []
+    returns, tty = [], sys.stderr.isatty()
     obs, _ = env.reset(seed=args.seed + 1)
     while len(returns) < args.eval_episodes and (stop is None or stop.signum is None):
         obs, _, terminated, truncated, info = env.step(act(q_network, obs, args.eval_epsilon, rng, device))
         if terminated or truncated:
             returns.append(float(info["episode"]["r"]))
             obs, _ = env.reset()
+            line = f"game {len(returns)}/{args.eval_episodes}: return {returns[-1]:.0f}, mean {np.mean(returns):.1f}"
+            print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    if tty and returns:
+        print(file=sys.stderr)
     env.close()
     return returns
 
