@@ -153,6 +153,8 @@ def test_a_final_evaluation_not_played_is_played_on_resume_and_only_once(tmp_pat
     evaluated = run_script(tmp_path, "--resume", str(run_dir), "--eval-episodes", "1")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "evaluating: 1 full games" in evaluated.stderr and len(scalars(run_dir)["eval/episodic_return"]) == 1
+    game_return = scalars(run_dir)["eval/episodic_return"][0][1]
+    assert f"game 1/1: return {game_return:.0f}, mean {game_return:.1f}" in evaluated.stderr  # progress, per game
     again = run_script(tmp_path, "--resume", str(run_dir), "--eval-episodes", "1")
     assert again.returncode == 2 and "is not past the checkpoint's step 300" in again.stderr
 
