@@ -141,7 +141,9 @@ def test_save_model_and_evaluate(tmp_path):
     QNetwork(6).load_state_dict(saved["model"])
     evaluation = scalars(run_dir)["eval/episodic_return"]
     assert len(evaluation) == 1 and -21 <= evaluation[0][1] <= 21
-    assert json.loads((run_dir / "evaluation.json").read_text())["returns"] == [evaluation[0][1]]
+    record = json.loads((run_dir / "evaluation.json").read_text())
+    assert record["returns"] == [evaluation[0][1]]
+    assert record["lengths"] == [scalars(run_dir)["eval/episodic_length"][0][1]]
 
 
 def test_a_final_evaluation_not_played_is_played_on_resume_and_only_once(tmp_path):
@@ -154,7 +156,8 @@ def test_a_final_evaluation_not_played_is_played_on_resume_and_only_once(tmp_pat
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "evaluating: 1 full games" in evaluated.stderr and len(scalars(run_dir)["eval/episodic_return"]) == 1
     game_return = scalars(run_dir)["eval/episodic_return"][0][1]
-    assert f"game 1/1: return {game_return:.0f}, mean {game_return:.1f}" in evaluated.stderr  # progress, per game
+    length = int(scalars(run_dir)["eval/episodic_length"][0][1])
+    assert f"game 1/1: return {game_return:.0f} in {length:,} steps, mean {game_return:.1f}" in evaluated.stderr
     again = run_script(tmp_path, "--resume", str(run_dir), "--eval-episodes", "1")
     assert again.returncode == 2 and "is not past the checkpoint's step 300" in again.stderr
 
@@ -282,9 +285,9 @@ def test_evaluation_plays_full_games_at_the_eval_epsilon(monkeypatch):
 
     monkeypatch.setattr(dqn_redo, "act", recording_act)
     args = Args(env_id="Pong-v4", eval_episodes=1, terminal_on_life_loss=True)  # evaluation ignores it: full games
-    returns = dqn_redo.evaluate(QNetwork(6), args, torch.device("cpu"))
+    returns, lengths = dqn_redo.evaluate(QNetwork(6), args, torch.device("cpu"))
     assert len(returns) == 1 and returns[0] == -21  # a whole game of Pong lost 0-21, not one point
-    assert set(epsilons) == {0.001} and len(epsilons) > 500
+    assert set(epsilons) == {0.001} and lengths == [len(epsilons)] and len(epsilons) > 500  # one action a step
 
 
 def test_the_progress_line_shows_a_dash_not_nan_before_anything_is_known(capsys):
