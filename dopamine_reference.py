@@ -440,8 +440,9 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
         return {name: adam.state[param][key] for name, param in net.named_parameters()}
 
     before, adam_before = restored()
-    print(f"{path}: step {checkpoint['global_step']:,}, {int(moments(before, adam_before, 'step')['fc1.weight']):,}"
-          f" Adam steps; tau {tau:g}, {len(states)} scoring states, {updates} updates after")
+    adam_steps = int(moments(before, adam_before, "step")["fc1.weight"])  # one count for every tensor
+    print(f"{path}: step {checkpoint['global_step']:,}, {adam_steps:,} Adam steps; tau {tau:g}, {len(states)} scoring "
+          f"states, {updates} updates after")
 
     # Their recycler on our network, copied into Flax, with our Adam state as optax's.
     network = networks.FullRainbowNetwork(num_actions=n_actions, num_atoms=1, noisy=False, dueling=True,
@@ -452,7 +453,7 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
     intermediates = jax.vmap(lambda s: network.apply(
         params, s, support=support, capture_intermediates=lambda layer, _: "act" in (layer.name or ""),
         mutable=["intermediates"])[1]["intermediates"])(nhwc)
-    adam_state = (optax.ScaleByAdamState(count=jnp.asarray(int(moments(before, adam_before, "step")["fc1.weight"])),
+    adam_state = (optax.ScaleByAdamState(count=jnp.asarray(adam_steps),
                                          mu=flax_tree(moments(before, adam_before, "exp_avg"), DUELING_HEADS),
                                          nu=flax_tree(moments(before, adam_before, "exp_avg_sq"), DUELING_HEADS)),
                   optax.EmptyState())

@@ -182,8 +182,8 @@ def preset_args(preset: str, **overrides) -> Args:
     return dataclasses.replace(Args(), preset=preset, **{**PRESETS[preset], **overrides})
 
 
-CHANGEABLE_ON_RESUME = {"track", "wandb_project_name", "wandb_entity", "total_timesteps", "log_interval", "checkpoint_interval", "checkpoint_buffer", "save_model",
-                        "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "fused_adam",
+CHANGEABLE_ON_RESUME = {"track", "wandb_project_name", "wandb_entity", "total_timesteps", "log_interval",
+                        "checkpoint_interval", "checkpoint_buffer", "save_model", "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "fused_adam",
                         "torch_threads", "resume", "exp_name"}
 
 
@@ -734,8 +734,10 @@ def wandb_error() -> str | None:
     if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
         return None
     netrc = os.path.join(os.path.expanduser("~"), ".netrc")
-    if os.path.isfile(netrc) and "api.wandb.ai" in open(netrc).read():
-        return None
+    if os.path.isfile(netrc):
+        with open(netrc) as file:
+            if "api.wandb.ai" in file.read():
+                return None
     return ("--track needs a Weights & Biases login (run `wandb login`, or set WANDB_API_KEY), or WANDB_MODE=offline "
             "to log locally and `wandb sync` later")
 
