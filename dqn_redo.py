@@ -597,12 +597,14 @@ def check_dormant(q_network: QNetwork, optimizer: torch.optim.Optimizer, rb: Fra
 
 
 def evaluate(q_network: QNetwork, args: Args, device: torch.device, stop: StopSignal | None = None
-             ) -> tuple[list[float], list[int]]:
-    """Full-game returns (unclipped, no life-loss terminals) of the epsilon-greedy policy at --eval-epsilon, and
-    the games' lengths in agent steps; fewer than --eval-episodes if ``stop`` is signalled."""
+             ) -> tuple[list[float], list[int], list[bool]]:
+    """Full-game returns (unclipped, no life-loss terminals) of the epsilon-greedy policy at --eval-epsilon, the
+    games' lengths in agent steps, and whether each was cut by the --max-episode-steps cap (a policy can stall in a
+    loop that neither scores nor loses, and at epsilon 0.001 rarely leaves it); fewer than --eval-episodes if
+    ``stop`` is signalled."""
     env = make_env(args, evaluation=True)
     rng = np.random.default_rng(args.seed + 1)
-    returns, lengths, steps, tty = [], [], 0, sys.stderr.isatty()
+    returns, lengths, at_cap, steps, tty = [], [], [], 0, sys.stderr.isatty()
     obs, _ = env.reset(seed=args.seed + 1)
     while len(returns) < args.eval_episodes and (stop is None or stop.signum is None):
         obs, _, terminated, truncated, info = env.step(act(q_network, obs, args.eval_epsilon, rng, device))
@@ -610,15 +612,16 @@ def evaluate(q_network: QNetwork, args: Args, device: torch.device, stop: StopSi
         if terminated or truncated:
             returns.append(float(info["episode"]["r"]))
             lengths.append(steps)
+            at_cap.append(bool(truncated))
             obs, _ = env.reset()
             steps = 0
-            line = (f"game {len(returns)}/{args.eval_episodes}: return {returns[-1]:.0f} in {lengths[-1]:,} steps, "
-                    f"mean {np.mean(returns):.1f}")
+            line = (f"game {len(returns)}/{args.eval_episodes}: return {returns[-1]:.0f} in {lengths[-1]:,} steps"
+                    f"{' (the cap)' if truncated else ''}, mean {np.mean(returns):.1f}")
             print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
     if tty and returns:
         print(file=sys.stderr)
     env.close()
-    return returns, lengths
+    return returns, lengths, at_cap
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1160,7 +1163,7 @@ def evaluate_and_log(q_network: QNetwork, args: Args, writer, device: torch.devi
                      stop: StopSignal) -> None:
     """The final evaluation, logged only once complete (an interrupted one is played again on --resume)."""
     print(f"evaluating: {args.eval_episodes} full games at epsilon {args.eval_epsilon:g}", file=sys.stderr)
-    returns, lengths = evaluate(q_network, args, device, stop)
+    returns, lengths, at_cap = evaluate(q_network, args, device, stop)
     if len(returns) < args.eval_episodes:
         print(f"evaluation interrupted after {len(returns)} of {args.eval_episodes} games; --resume plays it again",
               file=sys.stderr)
@@ -1169,8 +1172,9 @@ def evaluate_and_log(q_network: QNetwork, args: Args, writer, device: torch.devi
         writer.add_scalar("eval/episodic_return", episodic_return, episode)
         writer.add_scalar("eval/episodic_length", length, episode)
     with open(os.path.join(run_dir, EVALUATED), "w") as file:
-        json.dump({"epsilon": args.eval_epsilon, "returns": returns, "lengths": lengths}, file)
-    print(f"evaluation over {len(returns)} episodes: mean return {np.mean(returns):.1f}")
+        json.dump({"epsilon": args.eval_epsilon, "returns": returns, "lengths": lengths, "at_cap": at_cap}, file)
+    capped = f"; {sum(at_cap)} of them cut by the {args.max_episode_steps:,}-step cap" if any(at_cap) else ""
+    print(f"evaluation over {len(returns)} episodes: mean return {np.mean(returns):.1f}{capped}")
 
 
 # ---------------------------------------------------------------------------------------------------

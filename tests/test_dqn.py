@@ -285,9 +285,23 @@ def test_evaluation_plays_full_games_at_the_eval_epsilon(monkeypatch):
 
     monkeypatch.setattr(dqn_redo, "act", recording_act)
     args = Args(env_id="Pong-v4", eval_episodes=1, terminal_on_life_loss=True)  # evaluation ignores it: full games
-    returns, lengths = dqn_redo.evaluate(QNetwork(6), args, torch.device("cpu"))
+    returns, lengths, at_cap = dqn_redo.evaluate(QNetwork(6), args, torch.device("cpu"))
     assert len(returns) == 1 and returns[0] == -21  # a whole game of Pong lost 0-21, not one point
     assert set(epsilons) == {0.001} and lengths == [len(epsilons)] and len(epsilons) > 500  # one action a step
+    assert at_cap == [False]
+
+
+def test_evaluation_games_cut_by_the_cap_are_marked_and_counted(monkeypatch, tmp_path, capsys):
+    import dqn_redo
+
+    monkeypatch.setattr(dqn_redo, "act", lambda q_network, obs, epsilon, rng, device: 0)  # NOOP: Pong never ends
+    args = Args(env_id="Pong-v4", eval_episodes=2, max_episode_steps=60, noop_max=0)
+    dqn_redo.evaluate_and_log(QNetwork(6), args, Recorder(), torch.device("cpu"), str(tmp_path), stop=None)
+    record = json.loads((tmp_path / "evaluation.json").read_text())
+    assert record["lengths"] == [60, 60] and record["at_cap"] == [True, True]
+    out, err = capsys.readouterr()
+    assert "game 2/2: return" in err and "in 60 steps (the cap), mean" in err
+    assert "2 of them cut by the 60-step cap" in out
 
 
 def test_the_progress_line_shows_a_dash_not_nan_before_anything_is_known(capsys):
