@@ -146,6 +146,27 @@ def test_save_model_and_evaluate(tmp_path):
     assert record["lengths"] == [scalars(run_dir)["eval/episodic_length"][0][1]]
 
 
+def test_stalled_games_replays_the_evaluation_and_draws_the_first_game_the_cap_cut(tmp_path):
+    result = run_script(tmp_path, "--env-id", "Pong-v4", "--total-timesteps", "300", "--learning-starts", "200",
+                        "--buffer-size", "1000", "--redo-batch-size", "64", "--srank-states", "64", "--no-compile",
+                        "--max-episode-steps", "60", "--eval-episodes", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 of them cut by the 60-step cap" in result.stdout
+    run_dir = only_run(tmp_path)
+    record = json.loads((run_dir / "evaluation.json").read_text())
+    assert record["at_cap"] == [True, True] and record["lengths"] == [60, 60]
+    figure = tmp_path / "stalled.png"
+    replay = subprocess.run([sys.executable, str(ROOT / "stalled_games.py"), str(run_dir / "checkpoint.pt"),
+                             "--out", str(figure), "--screens", "10", "30"], capture_output=True, text=True, timeout=120)
+    assert replay.returncode == 0, replay.stderr[-3000:]  # it exits 1 if a return differs from evaluation.json
+    assert f"game 1: return {record['returns'][0]:g} in 60 steps (the cap)" in replay.stdout
+    assert "game 2" not in replay.stdout and "screens of steps 10, 30 in" in replay.stdout
+    assert figure.stat().st_size > 10_000
+    missing = subprocess.run([sys.executable, str(ROOT / "stalled_games.py"), str(tmp_path / "nothing")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+
+
 def test_a_final_evaluation_not_played_is_played_on_resume_and_only_once(tmp_path):
     flags = ["--env-id", "Pong-v4", "--total-timesteps", "300", "--learning-starts", "200", "--buffer-size", "1000",
              "--redo-batch-size", "64", "--srank-states", "64", "--no-compile"]
