@@ -596,19 +596,23 @@ def check_dormant(q_network: QNetwork, optimizer: torch.optim.Optimizer, rb: Fra
     return dormant_fractions(scores, args.redo_tau)["total"]
 
 
-def evaluate(q_network: QNetwork, args: Args, device: torch.device, stop: StopSignal | None = None
+def evaluate(q_network: QNetwork, args: Args, device: torch.device, stop: StopSignal | None = None,
+             on_step: Callable[[gym.Env, int, float, bool, bool], bool] | None = None
              ) -> tuple[list[float], list[int], list[bool]]:
     """Full-game returns (unclipped, no life-loss terminals) of the epsilon-greedy policy at --eval-epsilon, the
     games' lengths in agent steps, and whether each was cut by the --max-episode-steps cap (a policy can stall in a
     loop that neither scores nor loses, and at epsilon 0.001 rarely leaves it); fewer than --eval-episodes if
-    ``stop`` is signalled."""
+    ``stop`` is signalled or ``on_step`` asks to end. ``on_step(env, action, reward, terminated, truncated)`` sees
+    every step before a game's end resets the environment, and returns True to end the evaluation after it."""
     env = make_env(args, evaluation=True)
     rng = np.random.default_rng(args.seed + 1)
-    returns, lengths, at_cap, steps, tty = [], [], [], 0, sys.stderr.isatty()
+    returns, lengths, at_cap, steps, tty, ended = [], [], [], 0, sys.stderr.isatty(), False
     obs, _ = env.reset(seed=args.seed + 1)
-    while len(returns) < args.eval_episodes and (stop is None or stop.signum is None):
-        obs, _, terminated, truncated, info = env.step(act(q_network, obs, args.eval_epsilon, rng, device))
+    while len(returns) < args.eval_episodes and not ended and (stop is None or stop.signum is None):
+        action = act(q_network, obs, args.eval_epsilon, rng, device)
+        obs, reward, terminated, truncated, info = env.step(action)
         steps += 1
+        ended = on_step is not None and on_step(env, action, float(reward), terminated, truncated)
         if terminated or truncated:
             returns.append(float(info["episode"]["r"]))
             lengths.append(steps)

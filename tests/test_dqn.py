@@ -151,11 +151,18 @@ def test_save_model_evaluate_and_replay_the_games_the_cap_cut(tmp_path):
                              "--out", str(figure), "--screens", "10", "30"], capture_output=True, text=True, timeout=120)
     assert replay.returncode == 0, replay.stderr[-3000:]  # it exits 1 if a return differs from evaluation.json
     assert f"game 1: return {record['returns'][0]:g} in 60 steps (the cap)" in replay.stdout
-    assert "game 2" not in replay.stdout and "screens of steps 10, 30 in" in replay.stdout
+    assert "game 2" not in replay.stdout + replay.stderr and "screens of steps 10, 30 in" in replay.stdout
     assert figure.stat().st_size > 10_000
+    (run_dir / "evaluation.json").write_text(json.dumps({**record, "returns": [record["returns"][0] + 1] * 2}))
+    other = subprocess.run([sys.executable, str(ROOT / "stalled_games.py"), str(run_dir), "--screens", "10"],
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1 and "error: game 1 returned" in other.stderr  # not the run's evaluation
     missing = subprocess.run([sys.executable, str(ROOT / "stalled_games.py"), str(tmp_path / "nothing")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+    outside = subprocess.run([sys.executable, str(ROOT / "stalled_games.py"), str(run_dir), "--screens", "61"],
+                             capture_output=True, text=True, timeout=120)
+    assert outside.returncode == 2 and outside.stderr.startswith("error: --screens takes agent steps from 1 to")
 
 
 def test_a_final_evaluation_not_played_is_played_on_resume_and_only_once(tmp_path):
