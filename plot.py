@@ -13,6 +13,7 @@ fine: at each point a curve uses the runs that reached it (`--max-steps` cuts ev
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections import defaultdict
@@ -63,6 +64,7 @@ class Run:
     preset: str = "dqn"  # dqn_redo.py's --preset (runs from before it existed: dqn)
     hardware: str = ""  # as the run logged it (runs from before: "")
     commit: str = ""
+    eval_at_cap: list[bool] | None = None  # evaluation.json's games cut by the episode cap (runs before it: None)
 
     @property
     def group(self) -> tuple[str, str, float, bool, str]:
@@ -102,9 +104,21 @@ def load_run(path: str) -> Run | None:
     for tag in events.Tags()["scalars"]:
         points = events.Scalars(tag)
         scalars[tag] = (np.array([p.step for p in points]), np.array([p.value for p in points]))
+    at_cap = None
+    if os.path.isfile(os.path.join(path, "evaluation.json")):
+        with open(os.path.join(path, "evaluation.json")) as file:
+            at_cap = json.load(file).get("at_cap")
     return Run(path, params["env_id"], float(params["replay_ratio"]), params["enable_redo"] == "True",
                float(params["redo_tau"]), params.get("code", ""), scalars, params.get("preset", "dqn"),
-               params.get("hardware", ""), params.get("commit", ""))
+               params.get("hardware", ""), params.get("commit", ""), at_cap)
+
+
+def games_at_cap(run: Run) -> str:
+    """How many of the run's final evaluation games the episode cap cut: "-" without an evaluation, "?" if its
+    evaluation.json predates the count."""
+    if "eval/episodic_return" not in run.scalars:
+        return "-"
+    return "?" if run.eval_at_cap is None else str(sum(run.eval_at_cap))
 
 
 def iqm(values: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -440,14 +454,21 @@ def sweep_report(runs: list[Run], args: Args) -> str:
                 (iqm_value, mean_value), (low, high) = final_points[algorithm][0], final_intervals[algorithm]
                 lines.append(f"| {algorithm} | {final[algorithm].shape[0]} | {iqm_value:.3f} [{low[0, 0]:.3f}, "
                              f"{high[0, 0]:.3f}] | {mean_value:.3f} [{low[0, 1]:.3f}, {high[0, 1]:.3f}] |")
-            lines += ["", "| game | algorithm | runs | return, last part: mean (per run) | HNS |", "|-|-|-|-|-|"]
+            capped = args.score == "evaluation"  # stalled games count as they end: say how many there were
+            lines += ["", "| game | algorithm | runs | return, last part: mean (per run) | HNS |"
+                      + (" evaluation games cut by the cap (per run) |" if capped else ""),
+                      "|-|-|-|-|-|" + ("-|" if capped else "")]
+            n_runs = next(iter(final.values())).shape[0]
             for g, env_id in enumerate(games):
                 for algorithm in sorted(final):
                     normalized = final[algorithm][:, g, 0]
                     random_score, human_score = ATARI_RANDOM_HUMAN[game_name(env_id)]
                     raw = normalized * (human_score - random_score) + random_score
+                    members = sorted((run for run in runs if run.env_id == env_id
+                                      and f"{run.arm}, RR {run.replay_ratio:g}" == algorithm), key=lambda r: r.path)
                     lines.append(f"| {env_id} | {algorithm} | {counts[algorithm][env_id]} | {raw.mean():.1f} "
-                                 f"({', '.join(f'{x:.0f}' for x in raw)}) | {normalized.mean():.3f} |")
+                                 f"({', '.join(f'{x:.0f}' for x in raw)}) | {normalized.mean():.3f} |"
+                                 + (f" {', '.join(games_at_cap(run) for run in members[:n_runs])} |" if capped else ""))
     return "\n".join(lines)
 
 
@@ -497,9 +518,10 @@ def final_value(run: Run, tag: str, fraction: float = 0.1) -> float:
 def summary_table(runs: list[Run]) -> str:
     """A markdown table: per group, each seed's end-of-run values, then their mean."""
     lines = ["Windows: the last 10 % of each run's agent steps. Final evaluation: mean return over the run's "
-             "evaluation games (- if none).", "",
-             "| game | agent | runs | agent steps | return, last 10 % | final evaluation | dormant % tau=0 (last 10 %) "
-             "| dormant % tau=0.1 (last 10 %) |", "|-|-|-|-|-|-|-|-|"]
+             "evaluation games (- if none), and per run how many of them the episode cap cut (? if its evaluation.json "
+             "predates the count).", "",
+             "| game | agent | runs | agent steps | return, last 10 % | final evaluation | evaluation games cut by the "
+             "cap | dormant % tau=0 (last 10 %) | dormant % tau=0.1 (last 10 %) |", "|-|-|-|-|-|-|-|-|-|"]
     for group in sorted({run.group for run in runs}):
         members = [run for run in runs if run.group == group]
         last_steps = [run.last_step for run in members]
@@ -511,7 +533,8 @@ def summary_table(runs: list[Run]) -> str:
                                    if not np.isnan(xs).all() else "-")
         lines.append(f"| {group[0]} | {group_label(members)} | {len(members)} | "
                      f"{', '.join(f'{s:,}' for s in sorted(set(last_steps)))} | {show(returns, 0)} | "
-                     f"{show(evaluation, 0)} | {show(dormant['0'], 1)} | {show(dormant['0.1'], 1)} |")
+                     f"{show(evaluation, 0)} | {', '.join(map(games_at_cap, members))} | {show(dormant['0'], 1)} | "
+                     f"{show(dormant['0.1'], 1)} |")
     return "\n".join(lines)
 
 

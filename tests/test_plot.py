@@ -1,5 +1,7 @@
 """plot.py on synthetic event files written with TensorBoard's own writer."""
 
+import json
+
 import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
@@ -137,7 +139,9 @@ def test_new_signals_get_figures_and_figures_say_how_they_were_made(tmp_path):
     labels = [line.get_label() for line in figures["DemonAttack-v4_srank_overlap"].axes[0].get_lines()]
     assert labels == ["DrQ(ε) + ReDo (tau=0.1), RR 1 (n=1)"]
     table = plot.summary_table(runs)
-    assert "| 150 (150) | 201 (201) |" in table  # training return, final evaluation (the mean of 200, 201, 202)
+    assert "| 150 (150) | 201 (201) | ? |" in table  # training return, final evaluation (mean of 200, 201, 202)
+    (tmp_path / "drq" / "evaluation.json").write_text(json.dumps({"returns": [200, 201, 202], "at_cap": [1, 0, 1]}))
+    assert "| 150 (150) | 201 (201) | 2 |" in plot.summary_table([plot.load_run(str(tmp_path / "drq"))])
 
 
 def test_the_table_window_is_the_last_tenth_of_the_runs_agent_steps(tmp_path):

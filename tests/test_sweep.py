@@ -185,9 +185,13 @@ def test_final_evaluation_scores_and_the_atari_100k_reference_table(tmp_path, ca
         for game, value in enumerate([2665.5, 1598.0] if arm == "redo" else [1598.0, 1598.0]):
             writer.add_scalar("eval/episodic_return", value, game)
         writer.close()
+        if arm == "redo":
+            (folder / "evaluation.json").write_text(json.dumps({"at_cap": [False, True]}))
     plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "figures"), sweep=True, bins=3,
                         bootstrap_samples=50, score="evaluation"))
     out = capsys.readouterr().out
     assert "A run's score: the mean return of its final evaluation." in out
     assert "| DQN + ReDo (tau=0.1), RR 1 | 1 | 0.500 [" in out  # (2665.5 + 1598) / 2 is half-way to human
     assert "| DQN, RR 1 | 1 | 0.000 [" in out
+    assert "| HNS | evaluation games cut by the cap (per run) |" in out
+    assert "| 0.500 | 1 |" in out and "| 0.000 | ? |" in out  # ReDo's second game was cut; the baseline's unknown
