@@ -33,12 +33,14 @@ any order, slicing, concatenation, zero padding, pooling, dropout and scaling, e
 (any number): never scored or recycled. Residual-stream writers are named in
 ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled exactly (normalization,
 a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing operation) raises
-``ValueError`` naming the layer, before anything changes. See the README for the supported architectures.
+``ValueError`` naming the layer, before anything changes. So does a hidden layer of another kind (any operation
+on a parameter that makes neurons: ``nn.Conv1d``, ``nn.LSTM``, ``x @ W``, ...), in scoring too, unless it is
+named in ``skip``: no layer is ever left out silently. See the README for the supported architectures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +67,10 @@ _NORMS = set("layer_norm batch_norm group_norm instance_norm rms_norm local_resp
 _SUMS = set("add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_".split())
 _KEEP_IDS = set("float double half bfloat16 to type type_as contiguous clone detach".split())  # same shape, same ids
 _KNOWN = _MOVES | _SCALINGS | _POOLS | _NORMS | _SUMS  # anything else may be the activation
+# Operations that may take a parameter without making neurons of their own (a learned gain, an input norm, an
+# embedding lookup, a log-std's exp); any other operation on a parameter is a layer ReDo does not handle.
+_NEURON_FREE = _MOVES | _SCALINGS | _SUMS | _NORMS | set("""embedding exp log softplus sigmoid tanh relu clamp clip
+    abs neg __neg__ sqrt rsqrt reciprocal square pow __pow__ prelu embedding_bag __get__""".split())
 
 
 @dataclass
@@ -81,6 +87,7 @@ class _Layer:
     problem: str | None = None  # why it cannot be recycled
     residual: bool = False
     foreign: bool = False  # F.linear/F.conv2d on a weight that is no nn.Linear/nn.Conv2d's (e.g. a NoisyLinear)
+    unhandled: bool = False  # a layer of another kind (nn.Conv1d, nn.LSTM, x @ W, ...): neither scored nor recycled
     unknown_readers: set[str] = field(default_factory=set)  # ops other than a layer that took its activation
 
     def fail(self, reason: str) -> None:
@@ -101,6 +108,9 @@ class _Tracer(TorchFunctionMode):
                                                                 isinstance(module, nn.Conv2d), module.weight.device)
         self.by_first_id = list(self.layers.values())
         self.foreign: dict[str, _Layer] = {}  # by module name
+        self.unhandled: dict[str, _Layer] = {}  # by module (or parameter) name
+        # id(tensor) -> (tensor, name of the parameter it is or is computed from), for every parameter of the model
+        self.parameters = {id(param): (param, name) for name, param in model.named_parameters()}
         self.running: list[tuple[str, nn.Module]] = []  # modules with parameters of their own, innermost last
         self.ids: dict[int, tuple[Tensor, Tensor]] = {}  # id(tensor) -> (tensor, element ids); holds the tensor
         self.opaque: dict[int, tuple[Tensor, dict[str, str]]] = {}  # id(tensor) -> (tensor, {layer: reason})
@@ -125,6 +135,32 @@ class _Tracer(TorchFunctionMode):
             self.foreign[name] = layer
             self.by_first_id.append(layer)  # ids keep increasing along this list
         return self.foreign[name]
+
+    def unhandled_layer(self, name: str, parameter: str, result: Any, tensors: list[Tensor]) -> None:
+        """An operation on the model's parameter that is no nn.Linear/nn.Conv2d call (an nn.Conv1d, an nn.LSTM, an
+        x @ W): a layer ReDo can neither score nor recycle. Its output is followed like a refused layer's, so that
+        it is an error if another layer reads it (an output layer of this kind is fine: outputs are never scored)."""
+        owner, module = self.running[-1] if self.running else ("", None)
+        if not owner or not parameter.startswith(owner + "."):  # a parameter of the model itself: name it
+            owner, module = parameter, None
+        if owner not in self.unhandled:
+            layer = self.new_layer(owner, module, 1, False, tensors[0].device)
+            layer.unhandled = True
+            kind = type(module).__name__ if module is not None else "a parameter"
+            layer.fail(f"'{owner}' ({kind}) computes {name}, a layer ReDo cannot score or recycle (it handles "
+                       f"nn.Linear and nn.Conv2d), and another layer reads it; pass skip=['{owner}'] to score the "
+                       "other layers without it")
+            self.unhandled[owner] = layer
+            self.by_first_id.append(layer)
+            self.order.append(layer)
+        for source in self.sources(tensors):  # an unhandled layer read by this one is a hidden layer too
+            next(layer for layer in self.by_first_id if layer.name == source).readers.setdefault(
+                owner, torch.full((1,), _NONE))
+        reasons = {**self.sources(tensors), **self.sources(result), owner: "is a layer ReDo cannot score or recycle"}
+        for item in tree_flatten(result)[0]:
+            if isinstance(item, Tensor):
+                self.ids.pop(id(item), None)
+                self.opaque[id(item)] = (item, reasons)
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -173,9 +209,23 @@ class _Tracer(TorchFunctionMode):
         if func in (F.linear, F.conv2d) and isinstance(weight, Tensor):
             layer = self.layers.get(id(weight)) or self.foreign_layer(func, weight)
             return self.run_layer(func, layer, args, kwargs)
-        if not tracked and not any(id(t) in self.opaque for t in tensors):
-            return func(*args, **kwargs)
         name = getattr(func, "__name__", str(func))
+        parameter = next((self.parameters[id(t)][1] for t in tensors if id(t) in self.parameters), None)
+        # A parametrization (spectral or weight norm) computes a weight for F.linear/F.conv2d, which names that layer.
+        if parameter is not None and name not in _NEURON_FREE and "parametrizations." not in parameter:
+            result = func(*args, **kwargs)
+            if any(isinstance(item, Tensor) for item in tree_flatten(result)[0]):
+                if tracked:  # it reads a hidden layer: that layer goes through it
+                    self.mark_opaque(result, tracked, f"goes through {name}", unknown_reader=name)
+                self.unhandled_layer(name, parameter, result, tensors)
+            return result
+        if not tracked and not any(id(t) in self.opaque for t in tensors):
+            result = func(*args, **kwargs)
+            if parameter is not None:  # computed from a parameter only: followed like one
+                for item in tree_flatten(result)[0]:
+                    if isinstance(item, Tensor):
+                        self.parameters[id(item)] = (item, parameter)
+            return result
         pre_activation = None
         if name not in _KNOWN and len(tracked) == 1 and tensors[0] is tracked[0]:
             pre_activation = self.activation(tracked[0])  # before func, which may work in place
@@ -334,7 +384,7 @@ def _one_sample(ids: Tensor) -> Tensor:
 
 
 def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callable[[Tensor], Tensor],
-           forward: Callable | None) -> list[_Layer]:
+           forward: Callable | None, skip: Iterable[str] = ()) -> list[_Layer]:
     """Runs one forward pass; returns the hidden layers (those read by another layer), in execution order."""
     tracer = _Tracer(model, activation)
     call = forward or model
@@ -359,10 +409,20 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
         if layer.unknown_readers and not layer.readers:
             layer.fail(f"'{layer.name}' is read only by {', '.join(sorted(layer.unknown_readers))}, not by an "
                        "nn.Linear/nn.Conv2d, so the outgoing weights of its neurons are unknown")
+    skip = {skip} if isinstance(skip, str) else set(skip)
+    unknown = sorted(skip - set(tracer.unhandled))
+    if unknown:
+        raise ValueError(f"skip names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not among the layers "
+                         f"ReDo cannot handle in this forward pass ({sorted(tracer.unhandled) or 'none'})")
     hidden = [layer for layer in tracer.order if layer.readers or layer.unknown_readers]
+    for layer in hidden:
+        if layer.unhandled and layer.name not in skip:
+            raise ValueError(layer.problem)
+    hidden = [layer for layer in hidden if not layer.unhandled]
     if not hidden:
-        raise ValueError(f"{type(model).__name__} ran {len(tracer.order)} Linear/Conv2d layer(s), none of them read by "
-                         "another: scoring needs at least one hidden layer before the output layers")
+        ran = sum(not layer.unhandled for layer in tracer.order)
+        raise ValueError(f"{type(model).__name__} ran {ran} Linear/Conv2d layer(s), none of them read by another: "
+                         "scoring needs at least one hidden layer before the output layers")
     return hidden
 
 
@@ -381,7 +441,7 @@ def _scored(layer: _Layer) -> bool:
 
 
 def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callable[[Tensor], Tensor] = F.relu,
-                   forward: Callable | None = None) -> dict[str, Tensor]:
+                   forward: Callable | None = None, skip: Iterable[str] = ()) -> dict[str, Tensor]:
     """Scores every hidden neuron of ``model`` on the batch ``x``.
 
     Runs the forward pass once, without gradients, following each Linear/Conv2d output to where
@@ -398,16 +458,22 @@ def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation:
         activation: the nonlinearity that follows each hidden layer.
         forward: what to call instead of ``model``, e.g. ``agent.get_value`` for a module with
             no ``forward``; it must run the layers of ``model``.
+        skip: hidden layers of a kind ReDo cannot score (an ``nn.Conv1d``, an ``nn.LSTM``, a
+            parameter applied with ``@`` or ``einsum``: any operation on a parameter of ``model``
+            that makes neurons, other than an ``nn.Linear``/``nn.Conv2d`` call), named as the error
+            that refuses them names them, to leave out knowingly. Output layers of any kind need not
+            be named.
 
     Returns:
         ``{module name: float32 tensor of shape (out_features or out_channels,)}``, in execution
         order, names as in ``model.named_modules()``.
 
     Raises:
-        ValueError: a layer runs more than once, there is no hidden layer, or a hidden layer's
-            activation cannot be found (names the layer).
+        ValueError: a layer runs more than once, there is no hidden layer, a hidden layer's
+            activation cannot be found, or a hidden layer is of a kind ReDo cannot score and not
+            in ``skip`` (names the layer).
     """
-    return {layer.name: _score(layer) for layer in _trace(model, x, activation, forward) if _scored(layer)}
+    return {layer.name: _score(layer) for layer in _trace(model, x, activation, forward, skip) if _scored(layer)}
 
 
 def dormant_fractions(scores: dict[str, Tensor], tau: float) -> dict[str, float]:
@@ -485,6 +551,7 @@ def recycle_dormant(
     init_fn: Callable[[Tensor], object] | None = None,
     reset_optimizer_step: bool = False,
     forward: Callable | None = None,
+    skip: Iterable[str] = (),
 ) -> dict[str, dict]:
     """Recycles the tau-dormant neurons of ``model``, scored on ``x``, in place.
 
@@ -508,6 +575,8 @@ def recycle_dormant(
             bias correction for the **whole** tensor, rescaling every neuron's updates, not only the
             recycled ones'. Off by default, as in the authors' code.
         forward: what to call instead of ``model``, as in :func:`dormant_scores`.
+        skip: layers ReDo cannot handle, left out knowingly, as in :func:`dormant_scores`. They
+            are not recycled, and a layer they read cannot be.
 
     Returns:
         ``{"recycled": {layer: neurons recycled}, "scores": {layer: scores before recycling},
@@ -520,7 +589,7 @@ def recycle_dormant(
     if not tau >= 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
     init_fn = init_fn or _default_init
-    hidden = _trace(model, x, activation, forward)
+    hidden = _trace(model, x, activation, forward, skip)
     for layer in hidden:
         if layer.problem is not None:
             raise ValueError(f"cannot recycle: {layer.problem}")

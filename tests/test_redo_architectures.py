@@ -8,6 +8,7 @@ entries, and touch nothing else.
 """
 
 import math
+import re
 
 import ale_py
 import gymnasium as gym
@@ -331,7 +332,7 @@ def train_a_little(model, forward, x, parameters, steps: int = 3) -> torch.optim
 
 
 def check_exact_recycling(model, x, dormant: dict[str, list[int]], hidden: list[str], readers: dict[str, list[str]],
-                          forward=None, activation=F.relu, not_recyclable: tuple[str, ...] = ()):
+                          forward=None, activation=F.relu, not_recyclable: tuple[str, ...] = (), skip=()):
     """Scores exactly ``hidden``; recycling ``dormant`` at tau = 0 keeps the outputs and edits exactly the
     expected entries of parameters and Adam moments."""
     model.eval()
@@ -356,9 +357,9 @@ def check_exact_recycling(model, x, dormant: dict[str, list[int]], hidden: list[
     moments_before = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in model.named_parameters()}
     outputs_before = outputs_of(call(model, forward, x))
 
-    scores = dormant_scores(model, x, activation=activation, forward=forward)
+    scores = dormant_scores(model, x, activation=activation, forward=forward, skip=skip)
     assert list(scores) == hidden
-    result = recycle_dormant(model, optimizer, x, tau=0.0, activation=activation, forward=forward)
+    result = recycle_dormant(model, optimizer, x, tau=0.0, activation=activation, forward=forward, skip=skip)
     assert list(result["not_recyclable"]) == list(not_recyclable)
     for layer_name, neurons in dormant.items():
         assert result["recycled"][layer_name] == len(neurons), layer_name
@@ -761,11 +762,17 @@ class RecurrentEncoder(nn.Module):
         return self.q(out[:, -1])
 
 
-def test_a_layer_read_by_an_lstm_is_scored_and_refused_for_recycling():
+def test_a_layer_read_by_an_lstm_is_refused_until_the_lstm_is_skipped():
+    """The LSTM is a hidden layer ReDo cannot score: an error names it; skipped, the layers before it are scored,
+    and the one it reads cannot be recycled."""
     torch.manual_seed(0)
     model, x = RecurrentEncoder(), torch.rand(8, 1, 84, 84)
-    assert list(dormant_scores(model, x)) == ["conv", "fc"]
-    assert_refused_unchanged(model, x, "cannot recycle: 'fc' goes through lstm before 'q' reads it")
+    message = unhandled_message("lstm", "LSTM", "lstm")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dormant_scores(model, x)
+    assert_refused_unchanged(model, x, message)
+    assert list(dormant_scores(model, x, skip=["lstm"])) == list(dormant_scores(model, x, skip="lstm")) == ["conv", "fc"]
+    assert_refused_unchanged(model, x, "cannot recycle: 'fc' goes through lstm before 'q' reads it", skip=["lstm"])
 
 
 class EnsembleHeadCritic(nn.Module):
@@ -788,3 +795,137 @@ def test_a_layer_read_only_by_an_unknown_op_is_scored_and_refused_not_taken_for_
     assert list(dormant_scores(model, x)) == ["trunk.0", "trunk.2"]  # trunk.2 is hidden, not an output layer
     assert_refused_unchanged(model, x, "cannot recycle: 'trunk.2' is read only by einsum, not by an "
                                        "nn.Linear/nn.Conv2d, so the outgoing weights of its neurons are unknown")
+
+
+# ---------------------------------------------------------------- layers of other kinds: never left out silently
+
+
+def unhandled_message(name: str, kind: str, op: str) -> str:
+    return (f"'{name}' ({kind}) computes {op}, a layer ReDo cannot score or recycle (it handles nn.Linear and "
+            f"nn.Conv2d), and another layer reads it; pass skip=['{name}'] to score the other layers without it")
+
+
+class Conv1dEncoderMLP(nn.Module):
+    """A 1-d convolution over a short history of observations, then an MLP: the convolution's channels are neurons
+    ReDo does not score."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc1, self.fc2, self.out = nn.Conv1d(6, 16, 3), nn.Linear(16 * 8, 64), nn.Linear(64, 64), \
+            nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(F.relu(self.conv(x)).flatten(1))))))
+
+
+class GRUEncoderMLP(nn.Module):
+    """A GRU over the observation sequence (a recurrent policy's encoder), then an MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru, self.fc1, self.fc2, self.out = nn.GRU(6, 32, batch_first=True), nn.Linear(32, 64), \
+            nn.Linear(64, 64), nn.Linear(64, 3)
+
+    def forward(self, x):
+        features, _ = self.gru(x.transpose(1, 2))
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(features[:, -1])))))
+
+
+class RawWeightFirstLayer(nn.Module):
+    """A first layer written as ``x @ W + b`` on raw parameters, then nn.Linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.randn(60, 32) / 8), nn.Parameter(torch.zeros(32))
+        self.fc1, self.fc2, self.out = nn.Linear(32, 64), nn.Linear(64, 64), nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(F.relu(x.flatten(1) @ self.w + self.b))))))
+
+
+class Conv1dBetweenLinears(nn.Module):
+    """A Linear layer, a 1-d convolution over its features, then the output layer: before, the convolution's
+    neurons were silently left out of the scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.conv, self.out = nn.Linear(60, 64), nn.Conv1d(4, 8, 3), nn.Linear(8 * 14, 3)
+
+    def forward(self, x):
+        return self.out(F.relu(self.conv(F.relu(self.fc1(x.flatten(1))).view(-1, 4, 16))).flatten(1))
+
+
+class EncoderMLP(nn.Module):
+    """Another kind of first layer on the (6, 10) observation, then the same MLP."""
+
+    encoders = {  # kind: (module, its features from the observation, how many)
+        "conv3d": (lambda: nn.Conv3d(1, 4, (3, 3, 1)), lambda m, x: m(x[:, None, :, :, None]), 4 * 4 * 8),
+        "conv_transpose2d": (lambda: nn.ConvTranspose2d(1, 2, 3), lambda m, x: m(x[:, None]), 2 * 8 * 12),
+        "attention": (lambda: nn.MultiheadAttention(10, 2, batch_first=True), lambda m, x: m(x, x, x)[0], 60),
+        "bilinear": (lambda: nn.Bilinear(60, 60, 32), lambda m, x: m(x.flatten(1), x.flatten(1)), 32)}
+
+    def __init__(self, kind: str):
+        super().__init__()
+        make, self.features, size = self.encoders[kind]
+        self.encoder, self.fc1, self.fc2, self.out = make(), nn.Linear(size, 64), nn.Linear(64, 64), nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(F.relu(self.features(self.encoder, x).flatten(1)))))))
+
+
+@pytest.mark.parametrize("network, name, kind, op", [
+    (Conv1dEncoderMLP, "conv", "Conv1d", "conv1d"), (GRUEncoderMLP, "gru", "GRU", "gru"),
+    (RawWeightFirstLayer, "w", "a parameter", "matmul"),
+    (lambda: EncoderMLP("conv3d"), "encoder", "Conv3d", "conv3d"),
+    (lambda: EncoderMLP("conv_transpose2d"), "encoder", "ConvTranspose2d", "conv_transpose2d"),
+    (lambda: EncoderMLP("attention"), "encoder", "MultiheadAttention", "multi_head_attention_forward"),
+    (lambda: EncoderMLP("bilinear"), "encoder", "Bilinear", "bilinear")])
+def test_a_layer_of_another_kind_is_refused_by_name_and_the_rest_recycled_exactly_once_skipped(network, name, kind,
+                                                                                               op):
+    torch.manual_seed(0)
+    x = torch.randn(32, 6, 10)
+    message = unhandled_message(name, kind, op)
+    with pytest.raises(ValueError) as error:
+        dormant_scores(network(), x)
+    assert str(error.value) == message
+    assert_refused_unchanged(network(), x, message)
+    with pytest.raises(ValueError) as error:
+        dormant_scores(network(), x, skip=[name, "fc3"])
+    assert str(error.value).startswith("skip names ['fc3'], which is not among the layers ReDo cannot handle")
+    check_exact_recycling(network(), x, dormant={"fc1": [1, 7], "fc2": [0, 63]}, hidden=["fc1", "fc2"],
+                          readers={"fc1": ["fc2"], "fc2": ["out"]}, skip=[name])
+
+
+def test_a_layer_of_another_kind_between_two_linears_is_refused_not_left_out():
+    torch.manual_seed(0)
+    model, x = Conv1dBetweenLinears(), torch.randn(32, 6, 10)
+    message = unhandled_message("conv", "Conv1d", "conv1d")
+    with pytest.raises(ValueError) as error:
+        dormant_scores(model, x)
+    assert str(error.value) == message
+    assert list(dormant_scores(model, x, skip=["conv"])) == ["fc1"]
+    assert_refused_unchanged(model, x, "cannot recycle: 'fc1' goes through conv1d before 'out' reads it",
+                             skip=["conv"])
+
+
+class NormalizedEmbeddedInputs(nn.Module):
+    """Parameters that make no neurons: a LayerNorm and a learned gain on the observation, an embedding of a
+    discrete input, and PPO's state-independent log-std, exponentiated for the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.gain, self.embedding = nn.LayerNorm(60), nn.Parameter(torch.ones(60)), nn.Embedding(5, 4)
+        self.fc1, self.fc2, self.out = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 3)
+        self.log_std = nn.Parameter(torch.zeros(1, 3))
+
+    def forward(self, x):
+        ids = (x[:, 0, 0].abs() * 2).long().clamp(max=4)
+        h = torch.cat([self.norm(x.flatten(1)) * self.gain, self.embedding(ids)], dim=-1)
+        mean = self.out(F.relu(self.fc2(F.relu(self.fc1(h)))))
+        return mean, torch.exp(self.log_std.expand_as(mean))
+
+
+def test_parameters_that_make_no_neurons_need_no_skip():
+    torch.manual_seed(0)
+    check_exact_recycling(NormalizedEmbeddedInputs(), torch.randn(32, 6, 10), dormant={"fc1": [2], "fc2": [5, 6]},
+                          hidden=["fc1", "fc2"], readers={"fc1": ["fc2"], "fc2": ["out"]})
