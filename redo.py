@@ -108,7 +108,7 @@ class _Tracer(TorchFunctionMode):
                                                                 isinstance(module, nn.Conv2d), module.weight.device)
         self.by_first_id = list(self.layers.values())
         self.foreign: dict[str, _Layer] = {}  # by module name
-        self.unhandled: dict[str, _Layer] = {}  # by module (or parameter) name
+        self.unhandled: set[str] = set()  # names of the layers of other kinds seen (module or parameter names)
         # id(tensor) -> (tensor, name of the parameter it is or is computed from), for every parameter of the model
         self.parameters = {id(param): (param, name) for name, param in model.named_parameters()}
         self.running: list[tuple[str, nn.Module]] = []  # modules with parameters of their own, innermost last
@@ -140,9 +140,9 @@ class _Tracer(TorchFunctionMode):
         """An operation on the model's parameter that is no nn.Linear/nn.Conv2d call (an nn.Conv1d, an nn.LSTM, an
         x @ W): a layer ReDo can neither score nor recycle. Its output is followed like a refused layer's, so that
         it is an error if another layer reads it (an output layer of this kind is fine: outputs are never scored)."""
-        owner, module = self.running[-1] if self.running else ("", None)
-        if not owner or not parameter.startswith(owner + "."):  # a parameter of the model itself: name it
-            owner, module = parameter, None
+        # Named after the innermost running module that owns the parameter, else after the parameter itself.
+        owner, module = next(((name, module) for name, module in reversed(self.running)
+                              if name and parameter.startswith(name + ".")), (parameter, None))
         if owner not in self.unhandled:
             layer = self.new_layer(owner, module, 1, False, tensors[0].device)
             layer.unhandled = True
@@ -150,12 +150,16 @@ class _Tracer(TorchFunctionMode):
             layer.fail(f"'{owner}' ({kind}) computes {name}, a layer ReDo cannot score or recycle (it handles "
                        f"nn.Linear and nn.Conv2d), and another layer reads it; pass skip=['{owner}'] to score the "
                        "other layers without it")
-            self.unhandled[owner] = layer
+            self.unhandled.add(owner)
             self.by_first_id.append(layer)
             self.order.append(layer)
-        for source in self.sources(tensors):  # an unhandled layer read by this one is a hidden layer too
-            next(layer for layer in self.by_first_id if layer.name == source).readers.setdefault(
-                owner, torch.full((1,), _NONE))
+        for source_name, reason in self.sources(tensors).items():  # layers whose output reaches this one
+            source = next(layer for layer in self.by_first_id if layer.name == source_name)
+            if source.unhandled:
+                source.readers.setdefault(owner, torch.full((1,), _NONE))  # a hidden layer too
+            else:
+                how = "goes through a residual sum" if reason == "residual" else reason
+                source.fail(f"'{source_name}' {how} before '{owner}' reads it")
         reasons = {**self.sources(tensors), **self.sources(result), owner: "is a layer ReDo cannot score or recycle"}
         for item in tree_flatten(result)[0]:
             if isinstance(item, Tensor):
@@ -406,9 +410,13 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
                 buffer.copy_(saved)
     tracer.finish(outputs)
     for layer in tracer.order:
+        ops = ", ".join(sorted(layer.unknown_readers))
         if layer.unknown_readers and not layer.readers:
-            layer.fail(f"'{layer.name}' is read only by {', '.join(sorted(layer.unknown_readers))}, not by an "
-                       "nn.Linear/nn.Conv2d, so the outgoing weights of its neurons are unknown")
+            layer.fail(f"'{layer.name}' is read only by {ops}, not by an nn.Linear/nn.Conv2d, so the outgoing weights "
+                       "of its neurons are unknown")
+        elif layer.unknown_readers:  # its activation also reaches the outputs another way
+            layer.fail(f"'{layer.name}' is read by {ops} as well as by {', '.join(layer.readers)}; {ops} is not an "
+                       "nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown")
     skip = {skip} if isinstance(skip, str) else set(skip)
     unknown = sorted(skip - set(tracer.unhandled))
     if unknown:

@@ -929,3 +929,86 @@ def test_parameters_that_make_no_neurons_need_no_skip():
     torch.manual_seed(0)
     check_exact_recycling(NormalizedEmbeddedInputs(), torch.randn(32, 6, 10), dormant={"fc1": [2], "fc2": [5, 6]},
                           hidden=["fc1", "fc2"], readers={"fc1": ["fc2"], "fc2": ["out"]})
+
+
+class StackedConv1dEncoder(nn.Module):
+    """Two 1-d convolutions, then an MLP: the error names the first layer left out, then (skipped) the next."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv1d(6, 8, 3), nn.Conv1d(8, 8, 3)
+        self.fc1, self.fc2, self.out = nn.Linear(8 * 6, 32), nn.Linear(32, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = F.relu(self.conv2(F.relu(self.conv1(x)))).flatten(1)
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(h)))))
+
+
+def test_stacked_layers_of_another_kind_are_named_in_order():
+    torch.manual_seed(0)
+    model, x = StackedConv1dEncoder(), torch.randn(32, 6, 10)
+    for skip, name in (((), "conv1"), (["conv1"], "conv2")):
+        with pytest.raises(ValueError) as error:
+            dormant_scores(model, x, skip=skip)
+        assert str(error.value) == unhandled_message(name, "Conv1d", "conv1d")
+    assert list(dormant_scores(model, x, skip=["conv1", "conv2"])) == ["fc1", "fc2"]
+
+
+class SideOutput(nn.Module):
+    """A hidden layer read by the output layer and also returned through another operation (a sort, or an einsum
+    head): recycling it would change that second output, so it is refused."""
+
+    def __init__(self, side: str):
+        super().__init__()
+        self.side, self.fc1, self.out = side, nn.Linear(8, 16), nn.Linear(16, 2)
+        self.head = nn.Parameter(torch.randn(16, 3)) if side == "einsum" else None
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        return self.out(h), (torch.sort(h, dim=-1).values if self.side == "sort" else torch.einsum("bi,io->bo", h,
+                                                                                                    self.head))
+
+
+@pytest.mark.parametrize("side", ["sort", "einsum"])
+def test_a_layer_read_by_a_linear_and_by_another_operation_to_the_outputs_is_refused(side):
+    torch.manual_seed(0)
+    model, x = SideOutput(side), torch.randn(32, 8)
+    assert list(dormant_scores(model, x)) == ["fc1"]
+    assert_refused_unchanged(model, x, f"cannot recycle: 'fc1' is read by {side} as well as by out; {side} is not "
+                                       "an nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown")
+
+
+class SortedIntoConv1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.conv, self.out = nn.Linear(8, 16), nn.Conv1d(1, 2, 3), nn.Linear(28, 2)
+
+    def forward(self, x):
+        return self.out(F.relu(self.conv(torch.sort(F.relu(self.fc1(x)), dim=-1).values[:, None])).flatten(1))
+
+
+def test_a_layer_whose_output_reaches_a_skipped_layer_is_refused_for_recycling():
+    torch.manual_seed(0)
+    model, x = SortedIntoConv1d(), torch.randn(32, 8)
+    assert list(dormant_scores(model, x, skip=["conv"])) == ["fc1"]
+    assert_refused_unchanged(model, x, "cannot recycle: 'fc1' goes through sort before 'conv' reads it", skip=["conv"])
+
+
+class LinearThenConv1dLayers(nn.Module):
+    """A Linear layer, a hidden 1-d convolution, and a 1-d convolution as the output layer (a decoder)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.conv1, self.conv2 = nn.Linear(8, 32), nn.Conv1d(4, 4, 3), nn.Conv1d(4, 2, 3)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.conv1(F.relu(self.fc1(x)).view(-1, 4, 8))))
+
+
+def test_a_hidden_layer_of_another_kind_read_only_by_another_such_layer_is_refused():
+    torch.manual_seed(0)
+    model, x = LinearThenConv1dLayers(), torch.randn(32, 8)
+    with pytest.raises(ValueError) as error:
+        dormant_scores(model, x)
+    assert str(error.value) == unhandled_message("conv1", "Conv1d", "conv1d")  # conv2, an output, needs no skip
+    assert list(dormant_scores(model, x, skip=["conv1"])) == ["fc1"]
