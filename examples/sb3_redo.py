@@ -35,16 +35,20 @@ class ReDoCallback(BaseCallback):
         batch_size: replay states scored at each check (the authors' code: 256).
         recycle: recycle the tau-dormant neurons; False only logs.
         log_taus: thresholds at which the dormant fractions are logged.
+        skip: per network (``"q_net"``, ``"actor"``, ``"critic"``), hidden layers of a kind ReDo cannot
+            score (e.g. in a custom features extractor) to leave out knowingly: ``redo.dormant_scores``' skip.
     """
 
     def __init__(self, interval: int = 1000, tau: float = 0.1, batch_size: int = 256, recycle: bool = True,
-                 log_taus: tuple[float, ...] = (0.0, 0.025, 0.1), verbose: int = 0):
+                 log_taus: tuple[float, ...] = (0.0, 0.025, 0.1), skip: dict[str, list[str]] | None = None,
+                 verbose: int = 0):
         super().__init__(verbose)
         if interval <= 0 or tau < 0 or batch_size <= 0:
             raise ValueError(f"ReDoCallback needs interval > 0, tau >= 0, batch_size > 0; got {interval}, {tau}, "
                              f"{batch_size}")
         self.interval, self.tau, self.batch_size, self.recycle = interval, tau, batch_size, recycle
         self.log_taus = sorted({*log_taus, tau})
+        self.skip = skip or {}
         self.checks_done = 0
         self.history: list[dict] = []  # one entry per check: {"gradient_steps", "fractions", "recycled"}
 
@@ -59,7 +63,10 @@ class ReDoCallback(BaseCallback):
         raise ValueError(f"ReDoCallback supports SB3's DQN, SAC and TD3, not {type(model).__name__}")
 
     def _init_callback(self) -> None:
-        self._networks()  # fail at the start of learn(), not at the first check
+        names = [name for name, *_ in self._networks()]  # fail at the start of learn(), not at the first check
+        if set(self.skip) - set(names):
+            raise ValueError(f"ReDoCallback's skip names {sorted(set(self.skip) - set(names))}; this model's "
+                             f"networks are {names}")
         self.checks_done = self.model._n_updates // self.interval
 
     def _on_step(self) -> bool:
@@ -85,7 +92,7 @@ class ReDoCallback(BaseCallback):
         for name, network, optimizer, inputs in self._networks():
             x = batch.observations if inputs == "obs" else (batch.observations, batch.actions)
             if self.recycle:
-                result = recycle_dormant(network, optimizer, x, tau=self.tau)
+                result = recycle_dormant(network, optimizer, x, tau=self.tau, skip=self.skip.get(name, ()))
                 scores = result["scores"]  # from before this recycling
                 entry["recycled"][name] = result["recycled"]
                 for layer, count in result["recycled"].items():
@@ -93,7 +100,7 @@ class ReDoCallback(BaseCallback):
                 self.logger.record(f"redo/recycled/{name}/total", sum(result["recycled"].values()))
             else:
                 with torch.no_grad():
-                    scores = dormant_scores(network, x)
+                    scores = dormant_scores(network, x, skip=self.skip.get(name, ()))
             entry["fractions"][name] = {}
             for tau in self.log_taus:
                 fractions = dormant_fractions(scores, tau)

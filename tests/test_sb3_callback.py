@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.logger import configure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -74,3 +75,30 @@ def test_unsupported_algorithm_and_bad_arguments_fail_at_once():
         PPO("MlpPolicy", "CartPole-v1", n_steps=64, device="cpu").learn(64, callback=ReDoCallback())
     with pytest.raises(ValueError, match="tau >= 0"):
         ReDoCallback(tau=-1)
+
+
+class RawWeightExtractor(BaseFeaturesExtractor):
+    """A features extractor written as ``relu(obs @ W)`` on a raw parameter: a layer ReDo cannot handle."""
+
+    def __init__(self, observation_space, features_dim: int = 16):
+        super().__init__(observation_space, features_dim)
+        self.weight = torch.nn.Parameter(torch.randn(observation_space.shape[0], features_dim) / 2)
+
+    def forward(self, observations):
+        return torch.relu(observations @ self.weight)
+
+
+def test_a_custom_extractor_redo_cannot_handle_is_refused_until_skipped(tmp_path):
+    def sac():
+        return SAC("MlpPolicy", "Pendulum-v1", learning_starts=50, buffer_size=500, device="cpu", seed=0,
+                   policy_kwargs={"net_arch": [16, 16], "features_extractor_class": RawWeightExtractor})
+
+    with pytest.raises(ValueError, match=r"'features_extractor' \(RawWeightExtractor\) computes matmul"):
+        sac().learn(120, callback=ReDoCallback(interval=50, tau=0.5, batch_size=32))
+    with pytest.raises(ValueError, match=r"skip names \['policy'\]; this model's networks are \['actor', 'critic'\]"):
+        sac().learn(60, callback=ReDoCallback(skip={"policy": ["features_extractor"]}))
+    skip = {"actor": ["features_extractor"], "critic": ["features_extractor"]}
+    callback = ReDoCallback(interval=50, tau=0.5, batch_size=32, skip=skip)
+    sac().learn(120, callback=callback)
+    assert set(callback.history[-1]["recycled"]["actor"]) == {"latent_pi.0", "latent_pi.2"}
+    assert set(callback.history[-1]["recycled"]["critic"]) == {"qf0.0", "qf0.2", "qf1.0", "qf1.2"}
