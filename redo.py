@@ -142,7 +142,7 @@ class _Tracer(TorchFunctionMode):
         it is an error if another layer reads it (an output layer of this kind is fine: outputs are never scored)."""
         # Named after the innermost running module that owns the parameter, else after the parameter itself.
         owner, module = next(((name, module) for name, module in reversed(self.running)
-                              if name and parameter.startswith(name + ".")), (parameter, None))
+                              if parameter.startswith(name + ".")), (parameter, None))
         if owner not in self.unhandled:
             layer = self.new_layer(owner, module, 1, False, tensors[0].device)
             layer.unhandled = True
@@ -153,17 +153,10 @@ class _Tracer(TorchFunctionMode):
             self.unhandled.add(owner)
             self.by_first_id.append(layer)
             self.order.append(layer)
-        for source_name, reason in self.sources(tensors).items():  # layers whose output reaches this one
-            source = next(layer for layer in self.by_first_id if layer.name == source_name)
-            if source.unhandled:
-                source.readers.setdefault(owner, torch.full((1,), _NONE))  # a hidden layer too
-            else:
-                how = "goes through a residual sum" if reason == "residual" else reason
-                source.fail(f"'{source_name}' {how} before '{owner}' reads it")
-        reasons = {**self.sources(tensors), **self.sources(result), owner: "is a layer ReDo cannot score or recycle"}
+        self.read_through(owner, tensors)
+        reasons = {**self.sources(result), owner: "is a layer ReDo cannot score or recycle"}
         for item in tree_flatten(result)[0]:
             if isinstance(item, Tensor):
-                self.ids.pop(id(item), None)
                 self.opaque[id(item)] = (item, reasons)
 
     # -- bookkeeping ------------------------------------------------------------------------------
@@ -279,15 +272,20 @@ class _Tracer(TorchFunctionMode):
         self.ids[id(output)] = (output, neuron_ids.view(shape).expand(output.shape))
         return output
 
-    def read(self, reader: _Layer, x: Tensor) -> None:
-        """Records which hidden neurons ``reader`` reads, per input column (Linear) or channel (Conv2d)."""
-        for name, reason in self.sources(x).items():
+    def read_through(self, reader: str, value: Any) -> None:
+        """Records that ``reader`` reads the layers behind the opaque tensors in ``value``: through a residual sum
+        (their neurons' weights are not their own), or through an operation ReDo cannot edit (refused)."""
+        for name, reason in self.sources(value).items():
             source = next(layer for layer in self.by_first_id if layer.name == name)
-            source.readers.setdefault(reader.name, torch.full((1,), _NONE))
+            source.readers.setdefault(reader, torch.full((1,), _NONE))
             if reason == "residual":
                 source.residual = True
             else:
-                source.fail(f"'{name}' {reason} before '{reader.name}' reads it")
+                source.fail(f"'{name}' {reason} before '{reader}' reads it")
+
+    def read(self, reader: _Layer, x: Tensor) -> None:
+        """Records which hidden neurons ``reader`` reads, per input column (Linear) or channel (Conv2d)."""
+        self.read_through(reader.name, x)
         if id(x) not in self.ids:
             return
         ids = _one_sample(self.ids[id(x)][1])

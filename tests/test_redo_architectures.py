@@ -1012,3 +1012,26 @@ def test_a_hidden_layer_of_another_kind_read_only_by_another_such_layer_is_refus
         dormant_scores(model, x)
     assert str(error.value) == unhandled_message("conv1", "Conv1d", "conv1d")  # conv2, an output, needs no skip
     assert list(dormant_scores(model, x, skip=["conv1"])) == ["fc1"]
+
+
+class ResidualIntoRawWeight(nn.Module):
+    """A residual MLP block whose stream is read by a raw-parameter layer (skipped), then the output layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc0, self.fc1, self.out = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 2)
+        self.w = nn.Parameter(torch.randn(16, 16) / 4)
+
+    def forward(self, x):
+        h = F.relu(self.fc0(x))
+        return self.out(F.relu((h + F.relu(self.fc1(h))) @ self.w))
+
+
+def test_the_writers_of_a_residual_stream_read_by_a_skipped_layer_are_scored_and_named_not_recycled():
+    torch.manual_seed(0)
+    model, x = ResidualIntoRawWeight(), torch.randn(32, 8)
+    assert list(dormant_scores(model, x, skip=["w"])) == ["fc0", "fc1"]
+    before = parameters_of(model)
+    result = recycle_dormant(model, None, x, tau=1.0, skip=["w"])
+    assert result["recycled"] == {} and list(result["not_recyclable"]) == ["fc0", "fc1"]
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
