@@ -111,6 +111,7 @@ class _Tracer(TorchFunctionMode):
         self.unhandled: set[str] = set()  # names of the layers of other kinds seen (module or parameter names)
         # id(tensor) -> (tensor, name of the parameter it is or is computed from), for every parameter of the model
         self.parameters = {id(param): (param, name) for name, param in model.named_parameters()}
+        self.modules = dict(model.named_modules())
         self.running: list[tuple[str, nn.Module]] = []  # modules with parameters of their own, innermost last
         self.ids: dict[int, tuple[Tensor, Tensor]] = {}  # id(tensor) -> (tensor, element ids); holds the tensor
         self.opaque: dict[int, tuple[Tensor, dict[str, str]]] = {}  # id(tensor) -> (tensor, {layer: reason})
@@ -140,9 +141,9 @@ class _Tracer(TorchFunctionMode):
         """An operation on the model's parameter that is no nn.Linear/nn.Conv2d call (an nn.Conv1d, an nn.LSTM, an
         x @ W): a layer ReDo can neither score nor recycle. Its output is followed like a refused layer's, so that
         it is an error if another layer reads it (an output layer of this kind is fine: outputs are never scored)."""
-        # Named after the innermost running module that owns the parameter, else after the parameter itself.
-        owner, module = next(((name, module) for name, module in reversed(self.running)
-                              if parameter.startswith(name + ".")), (parameter, None))
+        # Named after the module that owns the parameter; a parameter of the model itself, after the parameter.
+        owner = parameter.rsplit(".", 1)[0] if "." in parameter else parameter
+        module = self.modules[owner] if owner != parameter else None
         if owner not in self.unhandled:
             layer = self.new_layer(owner, module, 1, False, tensors[0].device)
             layer.unhandled = True
