@@ -414,7 +414,7 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
             layer.fail(f"'{layer.name}' is read only by {ops}, not by an nn.Linear/nn.Conv2d, so the outgoing weights "
                        "of its neurons are unknown")
         elif layer.unknown_readers:  # its activation also reaches the outputs another way
-            layer.fail(f"'{layer.name}' is read by {ops} as well as by {', '.join(layer.readers)}; {ops} is not an "
+            layer.fail(f"'{layer.name}' is read by {', '.join(layer.readers)}, and also by {ops}, not by an "
                        "nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown")
     skip = {skip} if isinstance(skip, str) else set(skip)
     unknown = sorted(skip - set(tracer.unhandled))

@@ -892,6 +892,10 @@ def test_a_layer_of_another_kind_is_refused_by_name_and_the_rest_recycled_exactl
     with pytest.raises(ValueError) as error:
         dormant_scores(network(), x, skip=[name, "fc3"])
     assert str(error.value).startswith("skip names ['fc3'], which is not among the layers ReDo cannot handle")
+    with pytest.raises(ValueError) as error:
+        dormant_scores(network(), x, skip=["fc4", "fc3"])
+    assert str(error.value) == (f"skip names ['fc3', 'fc4'], which are not among the layers ReDo cannot handle in "
+                                f"this forward pass (['{name}'])")
     check_exact_recycling(network(), x, dormant={"fc1": [1, 7], "fc2": [0, 63]}, hidden=["fc1", "fc2"],
                           readers={"fc1": ["fc2"], "fc2": ["out"]}, skip=[name])
 
@@ -927,55 +931,59 @@ class NormalizedEmbeddedInputs(nn.Module):
 
 def test_parameters_that_make_no_neurons_need_no_skip():
     torch.manual_seed(0)
+    with pytest.raises(ValueError) as error:
+        dormant_scores(NormalizedEmbeddedInputs(), torch.randn(32, 6, 10), skip=["norm"])
+    assert str(error.value) == ("skip names ['norm'], which is not among the layers ReDo cannot handle in this "
+                                "forward pass (none)")
     check_exact_recycling(NormalizedEmbeddedInputs(), torch.randn(32, 6, 10), dormant={"fc1": [2], "fc2": [5, 6]},
                           hidden=["fc1", "fc2"], readers={"fc1": ["fc2"], "fc2": ["out"]})
 
 
 class StackedConv1dEncoder(nn.Module):
-    """Two 1-d convolutions, then an MLP: the error names the first layer left out, then (skipped) the next."""
+    """Two 1-d convolutions in a Sequential, then an MLP: the error names the first layer left out, then (skipped)
+    the next, by their full module names."""
 
     def __init__(self):
         super().__init__()
-        self.conv1, self.conv2 = nn.Conv1d(6, 8, 3), nn.Conv1d(8, 8, 3)
+        self.encoder = nn.Sequential(nn.Conv1d(6, 8, 3), nn.ReLU(), nn.Conv1d(8, 8, 3), nn.ReLU(), nn.Flatten())
         self.fc1, self.fc2, self.out = nn.Linear(8 * 6, 32), nn.Linear(32, 32), nn.Linear(32, 3)
 
     def forward(self, x):
-        h = F.relu(self.conv2(F.relu(self.conv1(x)))).flatten(1)
-        return self.out(F.relu(self.fc2(F.relu(self.fc1(h)))))
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(self.encoder(x))))))
 
 
 def test_stacked_layers_of_another_kind_are_named_in_order():
     torch.manual_seed(0)
     model, x = StackedConv1dEncoder(), torch.randn(32, 6, 10)
-    for skip, name in (((), "conv1"), (["conv1"], "conv2")):
+    for skip, name in (((), "encoder.0"), (["encoder.0"], "encoder.2")):
         with pytest.raises(ValueError) as error:
             dormant_scores(model, x, skip=skip)
         assert str(error.value) == unhandled_message(name, "Conv1d", "conv1d")
-    assert list(dormant_scores(model, x, skip=["conv1", "conv2"])) == ["fc1", "fc2"]
+    assert list(dormant_scores(model, x, skip=["encoder.0", "encoder.2"])) == ["fc1", "fc2"]
 
 
 class SideOutput(nn.Module):
     """A hidden layer read by the output layer and also returned through another operation (a sort, or an einsum
     head): recycling it would change that second output, so it is refused."""
 
-    def __init__(self, side: str):
+    def __init__(self, sides: str):
         super().__init__()
-        self.side, self.fc1, self.out = side, nn.Linear(8, 16), nn.Linear(16, 2)
-        self.head = nn.Parameter(torch.randn(16, 3)) if side == "einsum" else None
+        self.sides, self.fc1, self.out, self.value = sides, nn.Linear(8, 16), nn.Linear(16, 2), nn.Linear(16, 1)
+        self.head = nn.Parameter(torch.randn(16, 3)) if "einsum" in sides else None
 
     def forward(self, x):
         h = F.relu(self.fc1(x))
-        return self.out(h), (torch.sort(h, dim=-1).values if self.side == "sort" else torch.einsum("bi,io->bo", h,
-                                                                                                    self.head))
+        side = {"sort": lambda: torch.sort(h, dim=-1).values, "einsum": lambda: torch.einsum("bi,io->bo", h, self.head)}
+        return self.out(h), self.value(h), *[side[name]() for name in self.sides.split(", ")]
 
 
-@pytest.mark.parametrize("side", ["sort", "einsum"])
-def test_a_layer_read_by_a_linear_and_by_another_operation_to_the_outputs_is_refused(side):
+@pytest.mark.parametrize("sides", ["sort", "einsum", "einsum, sort"])
+def test_a_layer_read_by_a_linear_and_by_another_operation_to_the_outputs_is_refused(sides):
     torch.manual_seed(0)
-    model, x = SideOutput(side), torch.randn(32, 8)
+    model, x = SideOutput(sides), torch.randn(32, 8)
     assert list(dormant_scores(model, x)) == ["fc1"]
-    assert_refused_unchanged(model, x, f"cannot recycle: 'fc1' is read by {side} as well as by out; {side} is not "
-                                       "an nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown")
+    assert_refused_unchanged(model, x, f"cannot recycle: 'fc1' is read by out, value, and also by {sides}, not by an "
+                                       "nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown")
 
 
 class SortedIntoConv1d(nn.Module):
