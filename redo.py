@@ -394,7 +394,9 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]  # e.g. batch norm's running statistics
     hooks = []  # which module runs: names the layer of an F.linear/F.conv2d on a weight of no nn.Linear/nn.Conv2d
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)) and next(module.parameters(recurse=False), None) is not None:
+        parametrized = hasattr(module, "parametrizations")  # e.g. a spectrally normalized nn.Linear
+        if parametrized or (not isinstance(module, (nn.Linear, nn.Conv2d))
+                            and next(module.parameters(recurse=False), None) is not None):
             hooks.append(module.register_forward_pre_hook(
                 lambda module, args, name=name: tracer.running.append((name, module))))
             hooks.append(module.register_forward_hook(lambda *_: tracer.running.pop() and None, always_call=True))
