@@ -42,7 +42,8 @@ def main(options: Options) -> None:
         print(f"error: --screens takes agent steps from 1 to the run's cap, {args.max_episode_steps:,}; "
               f"got {options.screens}", file=sys.stderr)
         sys.exit(2)
-    q_network = QNetwork(make_env(args, evaluation=True).action_space.n, args.network, args.dueling)
+    names = make_env(args, evaluation=True).unwrapped.get_action_meanings()
+    q_network = QNetwork(len(names), args.network, args.dueling)
     q_network.load_state_dict(checkpoint["q_network"])
     game = {"over": True}  # the game being played, recorded step by step
 
@@ -76,7 +77,6 @@ def main(options: Options) -> None:
     print(f"game {game_number}: return {game_return:g} in {lengths[-1]:,} steps (the cap)")
     lost = [step for step in range(1, len(lives)) if lives[step] < lives[step - 1]]
     last_points = scored[-1] if scored else 0
-    names = make_env(args, evaluation=True).unwrapped.get_action_meanings()
     counts = collections.Counter(actions[last_points:])  # the stall: after the game's last points
     shares = ", ".join(f"{names[a]} {n / sum(counts.values()):.0%}" for a, n in counts.most_common())
     summary = f"lives lost at steps {lost}, last points at step {last_points:,}; actions after them: {shares}"
