@@ -572,9 +572,10 @@ def check_dormant(q_network: QNetwork, optimizer: torch.optim.Optimizer, rb: Fra
                   step: int, recycle: bool, counters: Counters) -> float:
     """Scores the Q-network's neurons on a uniform replay sample and logs the dormant fractions at every tau, the
     overlap of fc1's --redo-tau-dormant set with the union of the earlier ones (``counters.fc1_dormant_before``,
-    updated), and srank of fc1's features on --srank-states other replay states; with ``recycle``, recycles the
-    --redo-tau-dormant neurons, and everything logged is measured just before. Returns the total fraction at
-    --redo-tau."""
+    updated), the share of each layer's neurons --redo-tau-dormant at the last check that are so again
+    (``counters.dormant_last_check``, updated), and srank of fc1's features on --srank-states other replay states;
+    with ``recycle``, recycles the --redo-tau-dormant neurons, and everything logged is measured just before.
+    Returns the total fraction at --redo-tau."""
     with torch.no_grad():
         writer.add_scalar("srank/fc1", srank(q_network.features(rb.sample(args.srank_states).obs)), step)
     states = rb.sample(args.redo_batch_size).obs
@@ -590,9 +591,20 @@ def check_dormant(q_network: QNetwork, optimizer: torch.optim.Optimizer, rb: Fra
     for tau in sorted({*DORMANT_TAUS, args.redo_tau}):
         for name, fraction in dormant_fractions(scores, tau).items():
             writer.add_scalar(f"dormant/tau={tau:g}/{name}", fraction, step)
-    fc1_dormant = scores["fc1"].cpu() <= args.redo_tau
-    writer.add_scalar("dormant/overlap/fc1", dormant_overlap(fc1_dormant, counters.fc1_dormant_before), step)
-    counters.fc1_dormant_before |= fc1_dormant
+    dormant = {name: score.cpu() <= args.redo_tau for name, score in scores.items()}
+    writer.add_scalar("dormant/overlap/fc1", dormant_overlap(dormant["fc1"], counters.fc1_dormant_before), step)
+    counters.fc1_dormant_before |= dormant["fc1"]
+    # As the authors' debugging log (dead_intersected_percent): with ReDo, are the neurons recycled a period ago
+    # dormant again?
+    last = counters.dormant_last_check
+    if last:
+        again = {name: int((dormant[name] & last[name]).sum()) for name in dormant}
+        before = {name: int(last[name].sum()) for name in dormant}
+        for name in (name for name in dormant if before[name]):
+            writer.add_scalar(f"dormant/again/{name}", again[name] / before[name], step)
+        if sum(before.values()):
+            writer.add_scalar("dormant/again/total", sum(again.values()) / sum(before.values()), step)
+    counters.dormant_last_check = dormant
     return dormant_fractions(scores, args.redo_tau)["total"]
 
 
@@ -969,6 +981,8 @@ class Counters:
     wandb_run_id: str = ""  # with --track: the W&B run a resume continues
     # fc1 neurons --redo-tau-dormant at any check so far (for dormant/overlap/fc1)
     fc1_dormant_before: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(512, dtype=torch.bool))
+    # each layer's --redo-tau-dormant neurons at the last check, by layer (for dormant/again/*)
+    dormant_last_check: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 class StopSignal:
@@ -1132,6 +1146,8 @@ def dashboard_layout(args: Args) -> dict:
         "neurons recycled at each check (with --enable-redo)": ["Multiline", ["^redo/recycled/"]],
         "fc1: srank (Kumar et al.) of its features": ["Multiline", ["^srank/fc1$"]],
         "fc1: overlap of the dormant set with the earlier ones": ["Multiline", ["^dormant/overlap/fc1$"]],
+        "dormant again: share of the last check's dormant (with ReDo: recycled) neurons": [
+            "Multiline", ["^dormant/again/"]],
         "episodic return (training, full games)": ["Multiline", ["^charts/episodic_return$"]],
         "TD loss": ["Multiline", ["^losses/td_loss$"]],
     }}

@@ -252,11 +252,13 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
             figures[f"{args.prefix}{game}_dormant_layers"] = fig
 
         if any("srank/fc1" in run.scalars for run in game_runs):
-            fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+            fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
             plot_panel(axes[0], groups, "srank/fc1", args)
             axes[0].set_ylabel("srank of fc1's features (of 512)")
             plot_panel(axes[1], groups, "dormant/overlap/fc1", args, scale=100)
             axes[1].set_ylabel("fc1's dormant set now vs. ever before, overlap %")
+            plot_panel(axes[2], groups, "dormant/again/total", args, scale=100)
+            axes[2].set_ylabel("dormant at the last check (ReDo: recycled), and now, %")
             axes[0].legend(fontsize=8)
             fig.suptitle(f"Effective rank (Kumar et al.) and overlap of dormant sets (tau = --redo-tau)\n{subtitle}",
                          fontsize=10)

@@ -51,7 +51,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, preset):
     assert full.returncode == 0, full_stderr[-2000:]
     expected, got = scalars(only_run(tmp_path / "full")), scalars(run_dir)
     for tag in ["losses/td_loss", "losses/q_values", "dormant/tau=0.1/total", "dormant/tau=0/fc1",
-                "dormant/overlap/fc1", "srank/fc1", "redo/recycled/total", "charts/gradient_steps", "charts/SPS"]:
+                "dormant/overlap/fc1", "dormant/again/total", "dormant/again/fc1", "srank/fc1", "redo/recycled/total", "charts/gradient_steps", "charts/SPS"]:
         # No duplicates: what the killed process logged after step 301 is purged.
         assert [step for step, _ in got[tag]] == [step for step, _ in expected[tag]], tag
         if tag != "charts/SPS":

@@ -62,7 +62,8 @@ def test_end_to_end_logs_every_tag(redo_run):
     expected = ["charts/episodic_return", "charts/episodic_length", "charts/epsilon", "charts/SPS",
                 "losses/td_loss", "losses/q_values", "charts/gradient_steps", "redo/recycled/total"]
     expected += [f"dormant/tau={tau}/{layer}" for tau in ("0", "0.025", "0.1") for layer in LAYERS + ["total"]]
-    expected += [f"redo/recycled/{layer}" for layer in LAYERS] + ["srank/fc1", "dormant/overlap/fc1"]
+    expected += [f"redo/recycled/{layer}" for layer in LAYERS] + ["srank/fc1", "dormant/overlap/fc1",
+                                                                  "dormant/again/total", "dormant/again/fc1"]
     assert set(expected) <= set(logged), sorted(set(expected) - set(logged))
     assert not any(tag.endswith("/q") for tag in logged)  # the output layer is never scored
     assert {"hyperparameters/text_summary", "custom_scalars__config__"} <= set(logged["_tensors"])
@@ -106,6 +107,9 @@ def test_end_to_end_values_are_sane(redo_run):
     overlap = logged["dormant/overlap/fc1"]
     assert [step for step, _ in overlap] == [step for step, _ in dormant] and overlap[0][1] == 0
     assert all(0 <= v <= 1 for _, v in overlap) and max(v for _, v in overlap) > 0
+    # The share dormant again at every check after the first (some neuron is dormant at every check here).
+    again = logged["dormant/again/total"]
+    assert [step for step, _ in again] == [step for step, _ in dormant][1:] and all(0 <= v <= 1 for _, v in again)
 
 
 def only_run_name(result: subprocess.CompletedProcess) -> str:
@@ -291,6 +295,40 @@ def test_with_redo_the_dormant_fractions_logged_are_those_before_the_recycling()
     assert writer.scalars["redo/recycled/fc1"] >= 100
     assert logged == before["total"] == writer.scalars["dormant/tau=0.1/total"] > after["total"]
     assert writer.scalars["dormant/tau=0.1/fc1"] == before["fc1"] >= 100 / 512
+
+
+@pytest.mark.parametrize("recycle", [False, True])
+def test_dormant_again_is_the_share_of_the_last_checks_dormant_neurons_dormant_now(recycle):
+    from types import SimpleNamespace
+
+    from dqn_redo import Counters, check_dormant
+    from redo import dormant_scores
+
+    torch.manual_seed(0)
+    args = Args(redo_batch_size=32, redo_tau=0.1, srank_states=32)
+    states = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (32, 4, 84, 84), dtype=np.uint8))
+    replay = SimpleNamespace(sample=lambda n: SimpleNamespace(obs=states[:n]))
+    q_network, counters, writer = QNetwork(6), Counters(), Recorder()
+    with torch.no_grad():
+        q_network.fc1.bias[:100] = -1e3
+        q_network.conv1.bias[:4] = -1e3
+    first = {name: score <= 0.1 for name, score in dormant_scores(q_network, states).items()}
+    check_dormant(q_network, torch.optim.Adam(q_network.parameters()), replay, args, writer, 0, recycle, counters)
+    assert not any(tag.startswith("dormant/again/") for tag in writer.scalars)  # no earlier check
+    with torch.no_grad():  # 30 of the first check's dormant fc1 neurons stay so, and 50 others join them
+        q_network.fc1.bias[:30] = -1e3
+        q_network.fc1.bias[200:250] = -1e3
+    second = {name: score <= 0.1 for name, score in dormant_scores(q_network, states).items()}
+    check_dormant(q_network, torch.optim.Adam(q_network.parameters()), replay, args, writer, 1, recycle, counters)
+    both = {name: int((first[name] & second[name]).sum()) for name in first}
+    for name in first:
+        if first[name].any():
+            assert writer.scalars[f"dormant/again/{name}"] == both[name] / int(first[name].sum())
+        else:
+            assert f"dormant/again/{name}" not in writer.scalars
+    assert writer.scalars["dormant/again/total"] == sum(both.values()) / sum(int(m.sum()) for m in first.values())
+    assert 30 <= both["fc1"] < first["fc1"].sum() != second["fc1"].sum()  # a share strictly between 0 and 1
+    assert torch.equal(counters.dormant_last_check["fc1"], second["fc1"])
 
 
 def test_evaluation_plays_full_games_at_the_eval_epsilon(monkeypatch):

@@ -127,6 +127,8 @@ def test_new_signals_get_figures_and_figures_say_how_they_were_made(tmp_path):
         writer.add_scalar("dormant/tau=0.1/total", 0.1, step)
         writer.add_scalar("srank/fc1", 400.0, step)
         writer.add_scalar("dormant/overlap/fc1", 0.7, step)
+        if step:
+            writer.add_scalar("dormant/again/total", 0.4, step)
     for game in range(3):
         writer.add_scalar("eval/episodic_return", 200.0 + game, game)
     writer.close()
@@ -138,6 +140,8 @@ def test_new_signals_get_figures_and_figures_say_how_they_were_made(tmp_path):
     assert "5k agent steps, 1 seed(s) per curve; Test CPU @ 2.8GHz, 2 cores, 1 torch threads; commit abc1234" in title
     labels = [line.get_label() for line in figures["DemonAttack-v4_srank_overlap"].axes[0].get_lines()]
     assert labels == ["DrQ(ε) + ReDo (tau=0.1), RR 1 (n=1)"]
+    again = figures["DemonAttack-v4_srank_overlap"].axes[2].get_lines()
+    assert len(again) == 1 and np.allclose(again[0].get_ydata(), 40.0)  # the share dormant again, in %
     table = plot.summary_table(runs)
     assert "| 150 (150) | 201 (201) | ? |" in table  # training return, final evaluation (mean of 200, 201, 202)
     (tmp_path / "drq" / "evaluation.json").write_text(json.dumps({"returns": [200, 201, 202], "at_cap": [1, 0, 1]}))
