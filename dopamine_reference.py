@@ -396,8 +396,8 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
     states at the run's --redo-tau, and both results are copied back into PyTorch. Printed: the scores and masks,
     which entries each changed (parameters and moments), the scale of the re-drawn weights. Then each result, and
     the network without recycling, trains ``updates`` more updates of the run's own rule (its n-step, double DQN
-    and augmentation; the target copied after every update, as at replay ratio 1) on the same batches, and the
-    recycled neurons are scored again. A third recycler, theirs with ``weight_scaling=True`` (an option of
+    and augmentation; the target copied as often as the run copied it: after every 4 updates at replay ratio 4
+    and --target-network-frequency 1) on the same batches, and the recycled neurons are scored again. A third recycler, theirs with ``weight_scaling=True`` (an option of
     their code, off in the paper's runs: re-drawn rows take the mean norm of the kept ones), shows what the
     scale of the re-drawn weights does."""
     import copy
@@ -514,12 +514,13 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
             print(f"  {layer:<6} {row_norms(before, layer)[~mask].median():.3f} | " + " | ".join(
                 f"{row_norms(net, layer)[mask].median():.3f}" for net in (theirs_net, ours_net, scaled_net)))
 
-    # The same updates for each, from the same seeds: the run's update rule at replay ratio 1.
+    # The same updates for each, from the same seeds: the run's update rule, and its target copies.
+    updates_per_copy = max(1, round(saved["replay_ratio"] * saved["target_network_frequency"]))
     arms = {"no recycling": (before, adam_before), "authors' recycler": (theirs_net, theirs_adam),
             "ours (redo.py)": (ours_net, ours_adam), "authors', weight_scaling": (scaled_net, scaled_adam)}
     marks = sorted({0, updates // 4, updates // 2, updates})
     print(f"recycled neurons (chosen above) still or again dormant at tau {tau:g}, on {len(probe)} other states, "
-          f"after k updates; in brackets their mean score and the whole network's dormant fraction:")
+          f"after k updates (the target copied every {updates_per_copy}); in brackets their mean score and the whole network's dormant fraction:")
     print(f"  {'':<26}" + "".join(f"{'k = ' + format(k, ','):>26}" for k in marks))
     for label, (net, adam) in arms.items():
         target = copy.deepcopy(net)
@@ -536,7 +537,8 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
                 cells.append(f"{(chosen <= tau).float().mean():.0%} ({chosen.mean():.2f}, {total:.1%})")
             if k < updates:
                 step(rb.sample(saved["batch_size"]))
-                target.load_state_dict(net.state_dict())
+                if (k + 1) % updates_per_copy == 0:
+                    target.load_state_dict(net.state_dict())
         print(f"  {label:<26}" + "".join(f"{cell:>26}" for cell in cells), flush=True)
 
 
