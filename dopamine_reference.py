@@ -10,6 +10,7 @@ dormant neurons with the lab's own ``BaseRecycler.log_dead_neurons_count``, at t
     pip install -r requirements-dopamine.txt && pip install --no-deps dopamine-rl==4.1.2
     python dopamine_reference.py --check
     python dopamine_reference.py --check-drq --check-updates 20
+    python dopamine_reference.py --check-replay 3000 --game DemonAttack
     python dopamine_reference.py --check-recycler runs/<a DrQ run>/checkpoint.pt --check-updates 1000
     python dopamine_reference.py --game DemonAttack --replay-ratio 1 --total-timesteps 100000 --seed 1
     python plot.py runs/DemonAttack-v4__baseline_rr1__1__* runs/dopamine_DemonAttack__rr1__1
@@ -20,7 +21,8 @@ from the same batches (beside a control: ours against ours from weights one part
 scores against ``redo.dormant_scores``, and their epsilon schedule. ``--check-drq`` does the same for DrQ(eps)
 (``labs/atari_100k``): their dueling ``FullRainbowNetwork``, ``full_rainbow_agent.train`` (10-step double-DQN target,
 Huber, Adam) against ``make_train_step``, the distribution of ``drq_image_augmentation``'s crops and intensities
-against ``drq_augment``'s, and the epsilon schedule of ``DrQ_eps.gin``. ``--check-recycler`` runs the lab's
+against ``drq_augment``'s, and the epsilon schedule of ``DrQ_eps.gin``. ``--check-replay`` feeds the same stream to
+Dopamine's 2023 n-step replay and ours (see :func:`check_replay_against_ours`). ``--check-recycler`` runs the lab's
 ``NeuronRecycler`` and ``redo.recycle_dormant`` on a DrQ(eps) run's own checkpoint and trains on from both (see
 :func:`check_recycler_against_ours`). Beside another CPU-heavy process, run it
 with ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`` (one thread).
@@ -542,6 +544,115 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
         print(f"  {label:<26}" + "".join(f"{cell:>26}" for cell in cells), flush=True)
 
 
+def dopamine_2023_replay():
+    """Dopamine's numpy replay, ``replay_memory/circular_replay_buffer.py``, as the authors' DrQ(eps) agent stored
+    and sampled with it (its prioritized subclass adds only priorities). dopamine-rl 4.1 dropped the file; 4.0.9's has
+    the same syntax tree as at the ReDo release commit a29eb3e, docstrings and ``import gin.tf`` -> ``import gin``
+    aside. Its wheel is downloaded once, from PyPI with ``pip download --no-deps``, into .dopamine-4.0.9/."""
+    import glob
+    import subprocess
+    import zipfile
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".dopamine-4.0.9")
+    if not glob.glob(os.path.join(folder, "dopamine_rl-4.0.9-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "dopamine-rl==4.0.9", "-d",
+                        folder], check=True)
+    wheel = glob.glob(os.path.join(folder, "dopamine_rl-4.0.9-*.whl"))[0]
+    source = zipfile.ZipFile(wheel).read("dopamine/replay_memory/circular_replay_buffer.py")
+    module = types.ModuleType("dopamine_4_0_9_circular_replay_buffer")
+    exec(compile(source, f"{wheel}:dopamine/replay_memory/circular_replay_buffer.py", "exec"), module.__dict__)
+    return module
+
+
+def check_replay_against_ours(game: str, seed: int, steps: int, game_steps: int) -> None:
+    """The authors' n-step replay against ``dqn_redo.FrameReplayBuffer`` on the same stream: ``steps`` agent steps of
+    random play in ``--preset drq-eps``'s environment (no-ops, a lost life terminal), each game cut at ``game_steps``
+    so that truncations happen. Each step goes into ours as the training loop adds it and into theirs as their agent
+    does (the frame acted on, the action, the clipped reward, ``terminal``, and ``episode_end`` at a truncation).
+    Then every transition that either buffer would sample is fetched from both, and everything is compared: action,
+    10-step return, terminal flag, the discount the target uses (theirs: gamma^10 unless terminal), the state and
+    next-state stacks (frame by frame), and which transitions each one samples."""
+    import torch
+
+    import dqn_redo
+
+    replay_module = dopamine_2023_replay()
+    args = dqn_redo.preset_args("drq-eps", env_id=f"{game}-v4", max_episode_steps=game_steps, seed=seed)
+    env, rng = dqn_redo.make_env(args), np.random.default_rng(seed)
+    capacity = 2 * steps + 1000  # no wrap-around: every transition stays in both
+    ours = dqn_redo.FrameReplayBuffer(capacity, 4, (84, 84), torch.device("cpu"), np.random.default_rng(seed),
+                                      args.n_step, args.gamma)
+    theirs = replay_module.OutOfGraphReplayBuffer((84, 84), 4, capacity, args.batch_size,
+                                                  update_horizon=args.n_step, gamma=args.gamma)
+    slots, indices, life_step, truncated_at = [], [], [], []
+    events = {"lives lost": 0, "games over": 0, "truncations": 0}
+    obs, _ = env.reset(seed=seed)
+    steps_in_life = 0
+    for t in range(steps):
+        action = int(rng.integers(env.action_space.n))
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        reward = float(np.clip(reward, -1.0, 1.0))
+        ours.add(obs, action, reward, next_obs, terminated, truncated)
+        theirs.add(obs[-1], action, reward, terminated, episode_end=truncated)
+        slots.append(ours.current - 1)  # the slot this transition went to (no wrap-around)
+        indices.append(theirs.cursor() - 1)
+        life_step.append(steps_in_life)
+        steps_in_life = 0 if terminated or truncated else steps_in_life + 1
+        if terminated or truncated:
+            events["truncations" if truncated else "games over" if "episode" in info else "lives lost"] += 1
+        if truncated:
+            truncated_at.append(t)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    slots, indices, life_step = np.array(slots), np.array(indices), np.array(life_step)
+    valid_ours = ours._sampleable(slots)
+    valid_theirs = np.array([theirs.is_valid_transition(int(i)) for i in indices])
+    both = valid_ours & valid_theirs
+    print(f"{game}, seed {seed}: {steps:,} agent steps of random play, games cut at {game_steps:,}: "
+          + ", ".join(f"{count} {name}" for name, count in events.items()))
+    print(f"transitions either samples: {int((valid_ours | valid_theirs).sum()):,}; both: {int(both.sum()):,}")
+
+    ours.sample_slots = lambda n: slots[both]  # fetch exactly these, in this order
+    mine = ours.sample(int(both.sum()))
+    state, action, reward, next_state, _, _, terminal, _ = theirs.sample_transition_batch(
+        int(both.sum()), indices=indices[both])
+    state, next_state = state.transpose(0, 3, 1, 2), next_state.transpose(0, 3, 1, 2)
+    terminal = terminal.astype(bool)
+    their_discount = np.where(terminal, 0.0, args.gamma ** args.n_step)  # their agent's cumulative_gamma
+    print(f"  actions differ: {int((mine.actions.numpy() != action).sum())}; terminal flags differ: "
+          f"{int((mine.terminated.numpy().astype(bool) != terminal).sum())}; 10-step returns: max |ours - theirs| "
+          f"{np.abs(mine.rewards.numpy() - reward).max():.1e} (largest |return| {np.abs(reward).max():.2f}); "
+          f"discounts: max |ours - theirs| {np.abs(mine.discounts.numpy() - their_discount).max():.1e}")
+
+    def stacks(name: str, ours_frames: np.ndarray, their_frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        differs = (ours_frames != their_frames).any(axis=(2, 3))  # (transitions, 4 frames)
+        zero_padded = (their_frames == 0).all(axis=(2, 3))
+        # Where theirs has a zero frame, ours repeats the oldest real frame of the stack.
+        oldest_real = ours_frames[np.arange(len(rows)), zero_padded.sum(axis=1).clip(max=3)]
+        explained = differs & zero_padded & (ours_frames == oldest_real[:, None]).all(axis=(2, 3))
+        differing = differs.any(axis=1)
+        print(f"  {name} stacks: {int((~differing).sum()):,} equal frame for frame, {int(differing.sum()):,} differ; "
+              f"of those, {int((differs == explained).all(axis=1)[differing].sum()):,} only where theirs has a zero frame "
+              f"and ours repeats the first frame of the life")
+        return differing
+
+    differing = stacks("state", mine.obs.numpy(), state, np.flatnonzero(both))
+    print(f"    the state stacks that differ are at steps {sorted(set(life_step[both][differing].tolist()))} of a life")
+    bootstraps = ~terminal
+    stacks("next-state (where the target bootstraps)", mine.next_obs.numpy()[bootstraps], next_state[bootstraps],
+           np.flatnonzero(both)[bootstraps])
+
+    # Which transitions only one of them samples, and why.
+    before_truncation = np.zeros(steps, bool)
+    for t in [*truncated_at, steps - 1]:
+        before_truncation[max(0, t - args.n_step + 1):t + 1] = True
+    only_ours, only_theirs = np.flatnonzero(valid_ours & ~valid_theirs), np.flatnonzero(valid_theirs & ~valid_ours)
+    print(f"  sampled by ours only: {len(only_ours)}, of which {int(before_truncation[only_ours].sum())} in the last "
+          f"{args.n_step} steps before a truncation or the stream's end (theirs never samples a window that reaches "
+          f"an episode end without a terminal, nor the newest transition, whose next frame it stores with the next "
+          f"add)")
+    print(f"  sampled by theirs only: {len(only_theirs)}")
+
+
 def event_writer(log_dir: str, hyperparameters: dict):
     """TensorBoard scalars and the hyperparameter table in the format ``plot.py`` reads (that of
     torch's ``SummaryWriter``), written with the tensorboard package TensorFlow brings."""
@@ -576,6 +687,10 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="compare the authors' parts with ours, then exit")
     parser.add_argument("--check-updates", type=int, default=300, help="updates compared by --check")
     parser.add_argument("--check-drq", action="store_true", help="compare the authors' DrQ(eps) parts with ours")
+    parser.add_argument("--check-replay", type=int, metavar="STEPS", help="compare the authors' n-step replay with "
+                        "ours on STEPS agent steps of random play (downloads dopamine-rl 4.0.9's wheel once)")
+    parser.add_argument("--check-replay-game-steps", type=int, default=400, help="with --check-replay: each game is "
+                        "cut (truncated) after this many agent steps, so that truncations happen")
     parser.add_argument("--check-recycler", metavar="CHECKPOINT", help="a DrQ(eps) run's checkpoint (with its "
                         "replay): recycle it with the authors' NeuronRecycler and with ours, then train each")
     args = parser.parse_args()
@@ -589,9 +704,13 @@ def main() -> None:
     gymnasium.register_envs(ale_py)
     if f"ALE/{args.game}-v5" not in gymnasium.registry:
         parser.error(f"no ALE game named {args.game!r}: give the name as in ALE/<name>-v5, e.g. DemonAttack")
+    if args.check_replay is not None and (args.check_replay < 100 or args.check_replay_game_steps < 20):
+        parser.error("--check-replay needs at least 100 agent steps and --check-replay-game-steps at least 20, so "
+                     "that 10-step windows fit in an episode")
     update_period = round(1 / args.replay_ratio)
     run_dir = os.path.join(args.out_dir, f"dopamine_{args.game}__rr{args.replay_ratio:g}__{args.seed}")
-    if os.path.exists(run_dir) and not (args.check or args.check_drq or args.check_recycler):
+    checking = args.check or args.check_drq or args.check_recycler or args.check_replay is not None
+    if os.path.exists(run_dir) and not checking:
         parser.error(f"{run_dir} exists: move it away or pick another --seed/--out-dir")
 
     stub_unused_imports()
@@ -602,6 +721,9 @@ def main() -> None:
 
     if args.check_drq:
         check_drq_against_ours(args.game, args.seed, args.check_updates)
+        return
+    if args.check_replay is not None:
+        check_replay_against_ours(args.game, args.seed, args.check_replay, args.check_replay_game_steps)
         return
     if args.check_recycler:
         check_recycler_against_ours(args.check_recycler, args.seed, args.check_updates)
