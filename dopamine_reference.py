@@ -11,6 +11,7 @@ dormant neurons with the lab's own ``BaseRecycler.log_dead_neurons_count``, at t
     python dopamine_reference.py --check
     python dopamine_reference.py --check-drq --check-updates 20
     python dopamine_reference.py --check-replay 3000 --game DemonAttack
+    python dopamine_reference.py --check-env 40 --game DemonAttack
     python dopamine_reference.py --check-recycler runs/<a DrQ run>/checkpoint.pt --check-updates 1000
     python dopamine_reference.py --game DemonAttack --replay-ratio 1 --total-timesteps 100000 --seed 1
     python plot.py runs/DemonAttack-v4__baseline_rr1__1__* runs/dopamine_DemonAttack__rr1__1
@@ -22,7 +23,8 @@ scores against ``redo.dormant_scores``, and their epsilon schedule. ``--check-dr
 (``labs/atari_100k``): their dueling ``FullRainbowNetwork``, ``full_rainbow_agent.train`` (10-step double-DQN target,
 Huber, Adam) against ``make_train_step``, the distribution of ``drq_image_augmentation``'s crops and intensities
 against ``drq_augment``'s, and the epsilon schedule of ``DrQ_eps.gin``. ``--check-replay`` feeds the same stream to
-Dopamine's 2023 n-step replay and ours (see :func:`check_replay_against_ours`). ``--check-recycler`` runs the lab's
+Dopamine's 2023 n-step replay and ours, ``--check-env`` its Atari preprocessing and ours (see
+:func:`check_replay_against_ours`, :func:`check_env_against_ours`). ``--check-recycler`` runs the lab's
 ``NeuronRecycler`` and ``redo.recycle_dormant`` on a DrQ(eps) run's own checkpoint and trains on from both (see
 :func:`check_recycler_against_ours`). Beside another CPU-heavy process, run it
 with ``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"`` (one thread).
@@ -34,6 +36,7 @@ statistics sampler (written for the replay buffer Dopamine had in 2023, absent f
 """
 
 import argparse
+import collections
 import os
 import sys
 import time
@@ -631,8 +634,8 @@ def check_replay_against_ours(game: str, seed: int, steps: int, game_steps: int)
         explained = differs & zero_padded & (ours_frames == oldest_real[:, None]).all(axis=(2, 3))
         differing = differs.any(axis=1)
         print(f"  {name} stacks: {int((~differing).sum()):,} equal frame for frame, {int(differing.sum()):,} differ; "
-              f"of those, {int((differs == explained).all(axis=1)[differing].sum()):,} only where theirs has a zero frame "
-              f"and ours repeats the first frame of the life")
+              f"of those, {int((differs == explained).all(axis=1)[differing].sum()):,} only where theirs has a zero "
+              f"frame and ours repeats the first frame of the life")
         return differing
 
     differing = stacks("state", mine.obs.numpy(), state, np.flatnonzero(both))
@@ -651,6 +654,59 @@ def check_replay_against_ours(game: str, seed: int, steps: int, game_steps: int)
           f"an episode end without a terminal, nor the newest transition, whose next frame it stores with the next "
           f"add)")
     print(f"  sampled by theirs only: {len(only_theirs)}")
+
+
+def check_env_against_ours(game: str, seed: int, lives: int) -> None:
+    """Dopamine's Atari preprocessing (``atari_lib.AtariPreprocessing`` with ``terminal_on_life_loss``, as
+    ``DrQ_eps.gin`` binds it; its step loop is as at a29eb3e) against ``dqn_redo.make_env`` of ``--preset drq-eps``,
+    from the same seed with the same random actions, one life at a time: every observation, reward and terminal flag
+    up to the step that loses the life, and at that step how many emulator frames each played. No-ops are left out
+    of ours (``--noop-max 0``): Dopamine plays them in its runner, not in the environment."""
+    from dopamine.discrete_domains import atari_lib
+
+    import dqn_redo
+
+    args = dqn_redo.preset_args("drq-eps", env_id=f"{game}-v4", noop_max=0)
+    rng = np.random.default_rng(seed)
+    compared, frame_diff, reward_diff, flags_differ, at_loss = 0, 0, 0.0, 0, []
+    for life in range(lives):
+        ours = dqn_redo.make_env(args)
+        theirs = atari_lib.create_atari_environment(game_name=game, sticky_actions=False)
+        theirs.terminal_on_life_loss = True
+        ours_obs, _ = ours.reset(seed=seed + life)
+        theirs.environment.reset(seed=seed + life)
+        theirs_obs = theirs.reset()
+        ale_ours, ale_theirs = ours.unwrapped.ale, theirs.environment.unwrapped.ale
+        for _ in range(args.max_episode_steps):
+            frame_diff = max(frame_diff, int(np.abs(ours_obs[-1].astype(int) - theirs_obs[..., 0]).max()))
+            action = int(rng.integers(ours.action_space.n))
+            frames_before = (ale_ours.getEpisodeFrameNumber(), ale_theirs.getEpisodeFrameNumber())
+            ours_obs, ours_reward, terminated, truncated, _ = ours.step(action)
+            theirs_before = theirs_obs
+            theirs_obs, theirs_reward, terminal, _ = theirs.step(action)
+            compared += 1
+            reward_diff = max(reward_diff, abs(ours_reward - theirs_reward))
+            flags_differ += int(terminated != terminal)
+            if terminated or terminal or truncated:
+                played = (ale_ours.getEpisodeFrameNumber() - frames_before[0],
+                          ale_theirs.getEpisodeFrameNumber() - frames_before[1])
+                same = bool((ours_obs[-1] == theirs_obs[..., 0]).all())
+                stale = bool((theirs_obs == theirs_before).all())
+                at_loss.append((played, same, stale))
+                break
+        ours.close()
+        theirs.close()
+    print(f"{game}: {lives} first lives from seeds {seed}..{seed + lives - 1}, random actions, "
+          f"{compared:,} agent steps")
+    print(f"  every observation before a life's last step: max |frame difference| {frame_diff} (pixels 0-255); "
+          f"every step: max |reward difference| {reward_diff:g}, terminal flags that differ {flags_differ}")
+    counts = collections.Counter(played for played, _, _ in at_loss)
+    print("  emulator frames played in the step that lost the life, ours / theirs: "
+          + ", ".join(f"{o} / {t}: {n}" for (o, t), n in sorted(counts.items())))
+    short = [(played, stale) for played, _, stale in at_loss if played[1] <= 2]
+    print(f"  that step's observation equal in both: {sum(same for _, same, _ in at_loss)} of {len(at_loss)}; where "
+          f"theirs stopped within 2 frames, its observation is its previous step's: {sum(s for _, s in short)} of "
+          f"{len(short)} (its screen buffer is filled on a step's last two frames only)")
 
 
 def event_writer(log_dir: str, hyperparameters: dict):
@@ -691,6 +747,8 @@ def main() -> None:
                         "ours on STEPS agent steps of random play (downloads dopamine-rl 4.0.9's wheel once)")
     parser.add_argument("--check-replay-game-steps", type=int, default=400, help="with --check-replay: each game is "
                         "cut (truncated) after this many agent steps, so that truncations happen")
+    parser.add_argument("--check-env", type=int, metavar="LIVES", help="compare Dopamine's Atari preprocessing with "
+                        "ours over the first life of LIVES games (seeds --seed, --seed + 1, ...)")
     parser.add_argument("--check-recycler", metavar="CHECKPOINT", help="a DrQ(eps) run's checkpoint (with its "
                         "replay): recycle it with the authors' NeuronRecycler and with ours, then train each")
     args = parser.parse_args()
@@ -707,9 +765,11 @@ def main() -> None:
     if args.check_replay is not None and (args.check_replay < 100 or args.check_replay_game_steps < 20):
         parser.error("--check-replay needs at least 100 agent steps and --check-replay-game-steps at least 20, so "
                      "that 10-step windows fit in an episode")
+    if args.check_env is not None and args.check_env < 1:
+        parser.error("--check-env needs at least 1 game (LIVES: the first life of each is compared)")
     update_period = round(1 / args.replay_ratio)
     run_dir = os.path.join(args.out_dir, f"dopamine_{args.game}__rr{args.replay_ratio:g}__{args.seed}")
-    checking = args.check or args.check_drq or args.check_recycler or args.check_replay is not None
+    checking = args.check or args.check_drq or args.check_recycler or args.check_replay is not None or args.check_env is not None
     if os.path.exists(run_dir) and not checking:
         parser.error(f"{run_dir} exists: move it away or pick another --seed/--out-dir")
 
@@ -721,6 +781,9 @@ def main() -> None:
 
     if args.check_drq:
         check_drq_against_ours(args.game, args.seed, args.check_updates)
+        return
+    if args.check_env is not None:
+        check_env_against_ours(args.game, args.seed, args.check_env)
         return
     if args.check_replay is not None:
         check_replay_against_ours(args.game, args.seed, args.check_replay, args.check_replay_game_steps)
