@@ -769,7 +769,8 @@ def main() -> None:
         parser.error("--check-env needs at least 1 game (LIVES: the first life of each is compared)")
     update_period = round(1 / args.replay_ratio)
     run_dir = os.path.join(args.out_dir, f"dopamine_{args.game}__rr{args.replay_ratio:g}__{args.seed}")
-    checking = args.check or args.check_drq or args.check_recycler or args.check_replay is not None or args.check_env is not None
+    checking = (args.check or args.check_drq or args.check_recycler or args.check_replay is not None
+                or args.check_env is not None)
     if os.path.exists(run_dir) and not checking:
         parser.error(f"{run_dir} exists: move it away or pick another --seed/--out-dir")
 
