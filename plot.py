@@ -523,12 +523,14 @@ def summary_table(runs: list[Run]) -> str:
              "evaluation games (- if none), and per run how many of them the episode cap cut (? if its evaluation.json "
              "predates the count).", "",
              "| game | agent | runs | agent steps | return, last 10 % | final evaluation | evaluation games cut by the "
-             "cap | dormant % tau=0 (last 10 %) | dormant % tau=0.1 (last 10 %) |", "|-|-|-|-|-|-|-|-|-|"]
+             "cap | dormant % tau=0 (last 10 %) | dormant % tau=0.1 (last 10 %) | of those at a check, % dormant "
+             "again at the next (last 10 %) |", "|-|-|-|-|-|-|-|-|-|-|"]
     for group in sorted({run.group for run in runs}):
         members = [run for run in runs if run.group == group]
         last_steps = [run.last_step for run in members]
         returns = [final_value(run, "charts/episodic_return") for run in members]
         dormant = {tau: [100 * final_value(run, f"dormant/tau={tau}/total") for run in members] for tau in ("0", "0.1")}
+        again = [100 * final_value(run, "dormant/again/total") for run in members]
         evaluation = [run.scalars["eval/episodic_return"][1].mean() for run in members
                       if "eval/episodic_return" in run.scalars]
         show = lambda xs, digits: (f"{np.nanmean(xs):.{digits}f} ({', '.join(f'{x:.{digits}f}' for x in xs)})"
@@ -536,7 +538,7 @@ def summary_table(runs: list[Run]) -> str:
         lines.append(f"| {group[0]} | {group_label(members)} | {len(members)} | "
                      f"{', '.join(f'{s:,}' for s in sorted(set(last_steps)))} | {show(returns, 0)} | "
                      f"{show(evaluation, 0)} | {', '.join(map(games_at_cap, members))} | {show(dormant['0'], 1)} | "
-                     f"{show(dormant['0.1'], 1)} |")
+                     f"{show(dormant['0.1'], 1)} | {show(again, 1)} |")
     return "\n".join(lines)
 
 

@@ -144,6 +144,7 @@ def test_new_signals_get_figures_and_figures_say_how_they_were_made(tmp_path):
     assert len(again) == 1 and np.allclose(again[0].get_ydata(), 40.0)  # the share dormant again, in %
     table = plot.summary_table(runs)
     assert "| 150 (150) | 201 (201) | ? |" in table  # training return, final evaluation (mean of 200, 201, 202)
+    assert table.endswith("| 10.0 (10.0) | 40.0 (40.0) |")  # dormant at tau 0.1, dormant again
     (tmp_path / "drq" / "evaluation.json").write_text(json.dumps({"returns": [200, 201, 202], "at_cap": [1, 0, 1]}))
     assert "| 150 (150) | 201 (201) | 2 |" in plot.summary_table([plot.load_run(str(tmp_path / "drq"))])
 
