@@ -242,11 +242,18 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
         layers = sorted({tag.split("/")[-1] for run in runs for tag in run.scalars
                          if tag.startswith("dormant/tau=0.1/") and not tag.endswith("/total")})
         if layers:
-            fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 4.2), sharey=True, squeeze=False)
-            for ax, layer in zip(axes[0], layers):
-                plot_panel(ax, groups, f"dormant/tau=0.1/{layer}", args, scale=100)
-                ax.set_title(layer, fontsize=10)
+            again = any(f"dormant/again/{layer}" in run.scalars for run in game_runs for layer in layers)
+            fig, axes = plt.subplots(1 + again, len(layers), figsize=(3.6 * len(layers), 4.2 * (1 + again)),
+                                     sharex="col", sharey="row", squeeze=False)
+            for k, layer in enumerate(layers):
+                plot_panel(axes[0][k], groups, f"dormant/tau=0.1/{layer}", args, scale=100)
+                axes[0][k].set_title(layer, fontsize=10)
+                if again:
+                    plot_panel(axes[1][k], groups, f"dormant/again/{layer}", args, scale=100)
+                    axes[0][k].set_xlabel("")
             axes[0][0].set_ylabel("dormant neurons at tau = 0.1, % of layer")
+            if again:
+                axes[1][0].set_ylabel("of those at a check (ReDo: recycled),\n% dormant again at the next")
             axes[0][0].legend(fontsize=7)
             fig.suptitle(f"Dormant neurons per layer\n{subtitle}", fontsize=10)
             figures[f"{args.prefix}{game}_dormant_layers"] = fig

@@ -127,8 +127,10 @@ def test_new_signals_get_figures_and_figures_say_how_they_were_made(tmp_path):
         writer.add_scalar("dormant/tau=0.1/total", 0.1, step)
         writer.add_scalar("srank/fc1", 400.0, step)
         writer.add_scalar("dormant/overlap/fc1", 0.7, step)
+        writer.add_scalar("dormant/tau=0.1/fc1", 0.2, step)
         if step:
             writer.add_scalar("dormant/again/total", 0.4, step)
+            writer.add_scalar("dormant/again/fc1", 0.5, step)
     for game in range(3):
         writer.add_scalar("eval/episodic_return", 200.0 + game, game)
     writer.close()
@@ -142,6 +144,9 @@ def test_new_signals_get_figures_and_figures_say_how_they_were_made(tmp_path):
     assert labels == ["DrQ(ε) + ReDo (tau=0.1), RR 1 (n=1)"]
     again = figures["DemonAttack-v4_srank_overlap"].axes[2].get_lines()
     assert len(again) == 1 and np.allclose(again[0].get_ydata(), 40.0)  # the share dormant again, in %
+    dormant_fc1, again_fc1 = figures["DemonAttack-v4_dormant_layers"].axes  # one layer: a row per signal
+    assert np.allclose(dormant_fc1.get_lines()[0].get_ydata(), 20.0)
+    assert np.allclose(again_fc1.get_lines()[0].get_ydata(), 50.0)
     table = plot.summary_table(runs)
     assert "| 150 (150) | 201 (201) | ? |" in table  # training return, final evaluation (mean of 200, 201, 202)
     assert table.endswith("| 10.0 (10.0) | 40.0 (40.0) |")  # dormant at tau 0.1, dormant again
