@@ -661,14 +661,16 @@ def check_env_against_ours(game: str, seed: int, lives: int) -> None:
     ``DrQ_eps.gin`` binds it; its step loop is as at a29eb3e) against ``dqn_redo.make_env`` of ``--preset drq-eps``,
     from the same seed with the same random actions, one life at a time: every observation, reward and terminal flag
     up to the step that loses the life, and at that step how many emulator frames each played. No-ops are left out
-    of ours (``--noop-max 0``): Dopamine plays them in its runner, not in the environment."""
+    of ours (``--noop-max 0``): Dopamine plays them in its runner, not in the environment; after each life, a new
+    game is started with 1-29 no-op frames as that runner plays them, to see which frame it then observes."""
+    import cv2
     from dopamine.discrete_domains import atari_lib
 
     import dqn_redo
 
     args = dqn_redo.preset_args("drq-eps", env_id=f"{game}-v4", noop_max=0)
     rng = np.random.default_rng(seed)
-    compared, frame_diff, reward_diff, flags_differ, at_loss = 0, 0, 0.0, 0, []
+    compared, frame_diff, reward_diff, flags_differ, at_loss, noop_starts = 0, 0, 0.0, 0, [], []
     for life in range(lives):
         ours = dqn_redo.make_env(args)
         theirs = atari_lib.create_atari_environment(game_name=game, sticky_actions=False)
@@ -694,6 +696,16 @@ def check_env_against_ours(game: str, seed: int, lives: int) -> None:
                 stale = bool((theirs_obs == theirs_before).all())
                 at_loss.append((played, same, stale))
                 break
+        # The no-ops of their runner (MaxEpisodeEvalRunner._run_no_ops): raw ALE frames, then the observation is
+        # pooled from the screen buffer as it stands.
+        first = theirs.reset()
+        noops = 1 + life % 29
+        for _ in range(noops):
+            theirs.environment.unwrapped.ale.act(0)
+        after_noops = theirs._pool_and_resize()
+        current = cv2.resize(theirs.environment.unwrapped.ale.getScreenGrayscale(), (84, 84),
+                             interpolation=cv2.INTER_AREA)
+        noop_starts.append((bool((after_noops == first).all()), bool((after_noops[..., 0] == current).all())))
         ours.close()
         theirs.close()
     print(f"{game}: {lives} first lives from seeds {seed}..{seed + lives - 1}, random actions, "
@@ -707,6 +719,9 @@ def check_env_against_ours(game: str, seed: int, lives: int) -> None:
     print(f"  that step's observation equal in both: {sum(same for _, same, _ in at_loss)} of {len(at_loss)}; where "
           f"theirs stopped within 2 frames, its observation is its previous step's: {sum(s for _, s in short)} of "
           f"{len(short)} (its screen buffer is filled on a step's last two frames only)")
+    print(f"  their runner's no-op start (1-29 frames here): its observation is the game's first frame in "
+          f"{sum(first for first, _ in noop_starts)} of {len(noop_starts)} games, the frame after the no-ops in "
+          f"{sum(now for _, now in noop_starts)} (ours: the frame after them)")
 
 
 def event_writer(log_dir: str, hyperparameters: dict):
