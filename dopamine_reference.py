@@ -525,7 +525,8 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
             "ours (redo.py)": (ours_net, ours_adam), "authors', weight_scaling": (scaled_net, scaled_adam)}
     marks = sorted({0, updates // 4, updates // 2, updates})
     print(f"recycled neurons (chosen above) still or again dormant at tau {tau:g}, on {len(probe)} other states, "
-          f"after k updates (the target copied every {updates_per_copy}); in brackets their mean score and the whole network's dormant fraction:")
+          f"after k updates (the target copied every {updates_per_copy}); in brackets their mean score and the whole "
+          f"network's dormant fraction; then, per layer, the share at k = {updates:,}:")
     print(f"  {'':<26}" + "".join(f"{'k = ' + format(k, ','):>26}" for k in marks))
     for label, (net, adam) in arms.items():
         target = copy.deepcopy(net)
@@ -540,11 +541,13 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
                 chosen = torch.cat([scores[layer][mask] for layer, mask in recycled.items()])
                 total = redo.dormant_fractions(scores, tau)["total"]
                 cells.append(f"{(chosen <= tau).float().mean():.0%} ({chosen.mean():.2f}, {total:.1%})")
+                per_layer = [f"{layer} {(scores[layer][mask] <= tau).float().mean():.0%} of {int(mask.sum())}"
+                             for layer, mask in recycled.items() if mask.any()]
             if k < updates:
                 step(rb.sample(saved["batch_size"]))
                 if (k + 1) % updates_per_copy == 0:
                     target.load_state_dict(net.state_dict())
-        print(f"  {label:<26}" + "".join(f"{cell:>26}" for cell in cells), flush=True)
+        print(f"  {label:<26}" + "".join(f"{cell:>26}" for cell in cells) + f"    {', '.join(per_layer)}", flush=True)
 
 
 def dopamine_2023_replay():
