@@ -629,11 +629,11 @@ def check_replay_against_ours(game: str, seed: int, steps: int, game_steps: int)
           f"{np.abs(mine.rewards.numpy() - reward).max():.1e} (largest |return| {np.abs(reward).max():.2f}); "
           f"discounts: max |ours - theirs| {np.abs(mine.discounts.numpy() - their_discount).max():.1e}")
 
-    def stacks(name: str, ours_frames: np.ndarray, their_frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def stacks(name: str, ours_frames: np.ndarray, their_frames: np.ndarray) -> np.ndarray:
         differs = (ours_frames != their_frames).any(axis=(2, 3))  # (transitions, 4 frames)
         zero_padded = (their_frames == 0).all(axis=(2, 3))
         # Where theirs has a zero frame, ours repeats the oldest real frame of the stack.
-        oldest_real = ours_frames[np.arange(len(rows)), zero_padded.sum(axis=1).clip(max=3)]
+        oldest_real = ours_frames[np.arange(len(ours_frames)), zero_padded.sum(axis=1).clip(max=3)]
         explained = differs & zero_padded & (ours_frames == oldest_real[:, None]).all(axis=(2, 3))
         differing = differs.any(axis=1)
         print(f"  {name} stacks: {int((~differing).sum()):,} equal frame for frame, {int(differing.sum()):,} differ; "
@@ -641,11 +641,10 @@ def check_replay_against_ours(game: str, seed: int, steps: int, game_steps: int)
               f"frame and ours repeats the first frame of the life")
         return differing
 
-    differing = stacks("state", mine.obs.numpy(), state, np.flatnonzero(both))
+    differing = stacks("state", mine.obs.numpy(), state)
     print(f"    the state stacks that differ are at steps {sorted(set(life_step[both][differing].tolist()))} of a life")
     bootstraps = ~terminal
-    stacks("next-state (where the target bootstraps)", mine.next_obs.numpy()[bootstraps], next_state[bootstraps],
-           np.flatnonzero(both)[bootstraps])
+    stacks("next-state (where the target bootstraps)", mine.next_obs.numpy()[bootstraps], next_state[bootstraps])
 
     # Which transitions only one of them samples, and why.
     before_truncation = np.zeros(steps, bool)
