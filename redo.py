@@ -48,11 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 __all__ = ["dormant_scores", "dormant_fractions", "dormant_overlap", "srank", "recycle_dormant"]
 
 _EPS = 1e-9
+# Values an activation is tried on besides the batch's: both signs, tiny to large, past ReLU6's and hardtanh's bounds.
+_PROBE = torch.tensor([-1e4, -6.5, -1.0, -1e-3, 0.0, 1e-3, 0.5, 1.0, 1.5, 6.5, 100.0, 1e4])
 _NONE = -1  # element ids: -1 holds no hidden neuron's value; otherwise 2 * neuron + (1 once activated)
 
 # Operations by name. Moves change where elements are, not their values: applied to the element ids as to the data.
@@ -246,7 +248,8 @@ class _Tracer(TorchFunctionMode):
                 layer.fail(f"'{layer.name}' is followed by {name}, which mixes the layer's neurons, so recycling "
                            "could not keep the outputs unchanged")
             self.ids[id(result)] = (result, self.ids[id(tracked[0])][1])
-        elif pre_activation is not None and isinstance(result, Tensor) and torch.equal(result, pre_activation):
+        elif (pre_activation is not None and isinstance(result, Tensor) and torch.equal(result, pre_activation)
+              and self.is_activation(func, args, kwargs, tracked[0])):
             self.activate(result, tracked[0])
         else:
             reason = f"goes through {name}"
@@ -256,6 +259,13 @@ class _Tracer(TorchFunctionMode):
                            "applies it, e.g. activation=nn.LeakyReLU(0.2))")
             self.mark_opaque(result, tracked, reason, unknown_reader=name)
         return result
+
+    def is_activation(self, func, args: tuple, kwargs: dict, x: Tensor) -> bool:
+        """Whether ``func``, called as here, equals the activation beyond this batch's values too: so that ReLU6 or
+        a clamp to [0, 1] is refused on every batch, not only on one whose values reach the bound."""
+        probe = _PROBE.to(x.device, x.dtype).repeat(x.numel() // len(_PROBE) + 1)[:x.numel()].view(x.shape)
+        probe_args, probe_kwargs = tree_map(lambda a: probe.clone() if a is x else a, (args, kwargs))
+        return torch.equal(func(*probe_args, **probe_kwargs), self.activation(probe.clone()))
 
     def run_layer(self, func, layer: _Layer, args: tuple, kwargs: dict) -> Tensor:
         if layer.ran:

@@ -609,6 +609,23 @@ def test_another_activation_is_named_in_the_error_with_how_to_pass_it():
                           readers={"net.0": ["net.2"], "net.2": ["net.4"]}, activation=nn.LeakyReLU(0.2))
 
 
+def test_an_activation_equal_to_relu_on_the_batch_only_is_refused_on_every_batch():
+    """ReLU6 equals ReLU on a batch below 6: it is still refused there, as on a batch reaching 6, so that a run does not
+    fail at a later check; passed as the activation, it is scored and recycled exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU6(), nn.Linear(32, 32), nn.ReLU6(), nn.Linear(32, 2))
+    small, large = 0.01 * torch.randn(64, 8), 100 * torch.randn(64, 8)
+    assert model[0](small).max() < 1 and model[0](large).max() > 6
+    messages = []
+    for x in (small, large):
+        with pytest.raises(ValueError, match=r"^'0' goes through hardtanh") as error:
+            dormant_scores(model, x)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+    check_exact_recycling(model, torch.randn(64, 8), dormant={"0": [1, 5], "2": [7]}, hidden=["0", "2"],
+                          readers={"0": ["2"], "2": ["4"]}, activation=nn.ReLU6())
+
+
 class SimbaBlock(nn.Module):
     """SimBa (Lee et al. 2024): a pre-LayerNorm residual MLP block, x + W2 relu(W1 LN(x)), 4x wide inside."""
 
