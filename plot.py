@@ -179,6 +179,14 @@ def how_made(runs: list[Run]) -> str:
     return f"{length}, {'/'.join(map(str, seeds))} seed(s) per curve; {hardware}; commit {commits}"
 
 
+def add_legend(axes, fontsize: int) -> None:
+    """The legend, on the first panel with labelled lines: a run need not log every tag its figure plots."""
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=fontsize)
+            return
+
+
 def plot_panel(ax, groups: dict, tag: str, args: Args, scale: float = 1.0) -> None:
     from matplotlib import pyplot as plt
 
@@ -235,7 +243,7 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
             plot_panel(ax, groups, f"dormant/tau={tau}/total", args, scale=100)
             ax.set_title(f"tau = {tau}", fontsize=10)
         axes[0].set_ylabel("dormant neurons, % of all 672 hidden")
-        axes[0].legend(fontsize=8)
+        add_legend(axes, fontsize=8)
         fig.suptitle(f"Dormant neurons (measured before each recycling)\n{subtitle}", fontsize=10)
         figures[f"{args.prefix}{game}_dormant"] = fig
 
@@ -254,7 +262,7 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
             axes[0][0].set_ylabel("dormant neurons at tau = 0.1, % of layer")
             if again:
                 axes[1][0].set_ylabel("of those at a check (ReDo: recycled),\n% dormant again at the next")
-            axes[0][0].legend(fontsize=7)
+            add_legend(axes[0], fontsize=7)
             fig.suptitle(f"Dormant neurons per layer\n{subtitle}", fontsize=10)
             figures[f"{args.prefix}{game}_dormant_layers"] = fig
 
@@ -266,7 +274,7 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
             axes[1].set_ylabel("fc1's dormant set now vs. ever before, overlap %")
             plot_panel(axes[2], groups, "dormant/again/total", args, scale=100)
             axes[2].set_ylabel("dormant at the last check (ReDo: recycled), and now, %")
-            axes[0].legend(fontsize=8)
+            add_legend(axes, fontsize=8)
             fig.suptitle(f"Effective rank (Kumar et al.) and overlap of dormant sets (tau = --redo-tau)\n{subtitle}",
                          fontsize=10)
             figures[f"{args.prefix}{game}_srank_overlap"] = fig
