@@ -50,6 +50,12 @@ class Args:
     (eval/episodic_return: the Atari 100k convention)"""
     max_steps: int | None = None
     """use only each run's first this many agent steps: compares runs of different lengths at equal length"""
+    windows: int | None = None
+    """also print, per tag of --window-tags, each group's mean within consecutive windows of this many agent steps
+    (e.g. 10000: the 10k-step means the README quotes)"""
+    window_tags: list[str] = field(default_factory=lambda: [
+        "dormant/tau=0/total", "dormant/tau=0.1/total", "dormant/again/total", "charts/episodic_return"])
+    """the tags --windows prints (dormant shares in %; episodic returns with the number of games ending in each window)"""
 
 
 @dataclass
@@ -490,9 +496,10 @@ def sweep_report(runs: list[Run], args: Args) -> str:
 
 
 def main(args: Args) -> None:
-    if args.max_steps is not None and args.max_steps < 1:
-        print(f"error: --max-steps must be a positive number of agent steps, not {args.max_steps}", file=sys.stderr)
-        sys.exit(2)
+    for name, value in (("--max-steps", args.max_steps), ("--windows", args.windows)):
+        if value is not None and value < 1:
+            print(f"error: {name} must be a positive number of agent steps, not {value}", file=sys.stderr)
+            sys.exit(2)
     run_dirs = find_run_dirs(args.paths)
     if not run_dirs:
         print(f"error: no TensorBoard event files under {', '.join(args.paths)}; train with dqn_redo.py first "
@@ -521,6 +528,9 @@ def main(args: Args) -> None:
         plt.close(fig)
         print(f"wrote {path}")
     print(summary_table(runs))
+    for tag in args.window_tags if args.windows else []:
+        print()
+        print(window_table(runs, tag, args.windows))
 
 
 def final_value(run: Run, tag: str, fraction: float = 0.1) -> float:
@@ -530,6 +540,35 @@ def final_value(run: Run, tag: str, fraction: float = 0.1) -> float:
     steps, values = run.scalars[tag]
     window = values[steps >= (1 - fraction) * run.last_step]
     return float(window.mean()) if len(window) else float("nan")
+
+
+def window_table(runs: list[Run], tag: str, width: int) -> str:
+    """A markdown table of each group's mean of `tag` within windows of `width` agent steps: the mean over the
+    group's runs of each run's mean in the window ("-" where none logged it). Episodic returns also count the games
+    that ended in the window, over all the group's runs; dormant shares are in %."""
+    groups = sorted({run.group for run in runs if tag in run.scalars})
+    if not groups:
+        return f"{tag}: not logged by these runs"
+    members = {group: [run for run in runs if run.group == group and tag in run.scalars] for group in groups}
+    edges = np.arange(0, max(run.last_step for run in runs) + width, width)
+    scale = 100 if tag.startswith("dormant/") else 1
+    lines = [f"| {tag}, agent steps | " + " | ".join(group_label(members[group]) for group in groups) + " |",
+             "|-|" + "-|" * len(groups)]
+    for k in range(len(edges) - 1):
+        cells = []
+        for group in groups:
+            values = [binned(run, tag, edges[k:k + 2])[0] for run in members[group]]
+            if np.isnan(values).all():
+                cells.append("-")
+                continue
+            cell = f"{scale * np.nanmean(values):,.{0 if tag == 'charts/episodic_return' else 1}f}"
+            if tag == "charts/episodic_return":
+                games = sum(int(((steps >= edges[k]) & (steps < edges[k + 1])).sum())
+                            for steps, _ in (run.scalars[tag] for run in members[group]))
+                cell += f" ({games} game{'s' * (games != 1)})"
+            cells.append(cell)
+        lines.append(f"| {edges[k]:,}-{edges[k + 1]:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summary_table(runs: list[Run]) -> str:

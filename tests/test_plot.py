@@ -109,6 +109,21 @@ def test_max_steps_must_be_positive(runs, capsys):
     assert not (runs / "out").exists()
 
 
+def test_windows_print_each_groups_mean_per_window(runs, capsys):
+    plot.main(plot.Args(paths=[str(runs / "a1"), str(runs / "a2"), str(runs / "b1")], out_dir=str(runs / "out"),
+                        bootstrap_samples=50, windows=1000))
+    tables = capsys.readouterr().out.split("\n\n")
+    dormant = next(table for table in tables if table.startswith("| dormant/tau=0.1/total, agent steps |"))
+    assert dormant.splitlines()[2:] == [  # the baseline: 40 % and 50 % while both runs go, then 40 % alone
+        "| 0-1,000 | 45.0 | 5.0 |", "| 1,000-2,000 | 45.0 | 5.0 |", "| 2,000-3,000 | 40.0 | 5.0 |"]
+    returns = next(table for table in tables if table.startswith("| charts/episodic_return, agent steps |"))
+    a1, a2 = (plot.load_run(str(runs / name)).scalars["charts/episodic_return"] for name in ("a1", "a2"))
+    window = lambda run, k: run[1][(run[0] >= 1000 * k) & (run[0] < 1000 * (k + 1))].mean()
+    assert returns.splitlines()[2].startswith(f"| 0-1,000 | {(window(a1, 0) + window(a2, 0)) / 2:,.0f} (20 games) |")
+    assert returns.splitlines()[4].startswith(f"| 2,000-3,000 | {window(a1, 2):,.0f} (10 games) |")
+    assert "dormant/again/total: not logged by these runs" in tables
+
+
 def test_no_event_files_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "img")))
