@@ -35,7 +35,9 @@ any order, slicing, concatenation, zero padding, pooling, dropout and scaling, e
 a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing operation) raises
 ``ValueError`` naming the layer, before anything changes. So does a hidden layer of another kind (any operation
 on a parameter that makes neurons: ``nn.Conv1d``, ``nn.LSTM``, ``x @ W``, ...), in scoring too, unless it is
-named in ``skip``: no layer is ever left out silently. See the README for the supported architectures.
+named in ``skip``, and so does an ``nn.Linear``/``nn.Conv2d`` that does not run in the pass (in recycling even if
+skipped: it may read a recycled neuron): no layer is ever left out silently. See the README for the supported
+architectures.
 """
 
 from __future__ import annotations
@@ -105,12 +107,14 @@ class _Tracer(TorchFunctionMode):
         self.layers: dict[int, _Layer] = {}  # by id(weight)
         self.next_id = 0
         for name, module in model.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+            # A parametrized layer's weight is computed at each call: it is named when it runs (foreign_layer).
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and not hasattr(module, "parametrizations"):
                 self.layers[id(module.weight)] = self.new_layer(name, module, module.weight.shape[0],
                                                                 isinstance(module, nn.Conv2d), module.weight.device)
         self.by_first_id = list(self.layers.values())
         self.foreign: dict[str, _Layer] = {}  # by module name
         self.unhandled: set[str] = set()  # names of the layers of other kinds seen (module or parameter names)
+        self.taken: set[int] = set()  # id() of the tensors those layers took
         # id(tensor) -> (tensor, name of the parameter it is or is computed from), for every parameter of the model
         self.parameters = {id(param): (param, name) for name, param in model.named_parameters()}
         self.modules = dict(model.named_modules())
@@ -157,6 +161,7 @@ class _Tracer(TorchFunctionMode):
             self.by_first_id.append(layer)
             self.order.append(layer)
         self.read_through(owner, tensors)
+        self.taken.update(id(t) for t in tensors)
         reasons = {**self.sources(result), owner: "is a layer ReDo cannot score or recycle"}
         for item in tree_flatten(result)[0]:
             if isinstance(item, Tensor):
@@ -397,8 +402,13 @@ def _one_sample(ids: Tensor) -> Tensor:
 
 
 def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callable[[Tensor], Tensor],
-           forward: Callable | None, skip: Iterable[str] = ()) -> list[_Layer]:
+           forward: Callable | None, skip: Iterable[str] = (), recycling: bool = False) -> list[_Layer]:
     """Runs one forward pass; returns the hidden layers (those read by another layer), in execution order."""
+    scripted = next((name or type(model).__name__ for name, module in model.named_modules()
+                     if isinstance(module, torch.jit.ScriptModule)), None)
+    if scripted is not None:  # TorchScript runs its ops outside Python, where ReDo cannot follow them
+        raise ValueError(f"'{scripted}' is a TorchScript module (torch.jit.script/trace), whose layers ReDo cannot "
+                         "follow: pass the module before scripting it")
     tracer = _Tracer(model, activation)
     call = forward or model
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]  # e.g. batch norm's running statistics
@@ -429,14 +439,29 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
             layer.fail(f"'{layer.name}' is read by {', '.join(layer.readers)}, and also by {ops}, not by an "
                        "nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown")
     skip = {skip} if isinstance(skip, str) else set(skip)
-    unknown = sorted(skip - set(tracer.unhandled))
+    # An nn.Linear/nn.Conv2d that did not run (an actor's under forward=agent.get_value) would be left out silently;
+    # when recycling, it may also read a recycled neuron, whose outgoing weights there would stay. (One whose weight
+    # an operation of another kind took, as nn.MultiheadAttention takes its out_proj's, is part of that layer.)
+    idle = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))
+            and id(module.weight) not in tracer.taken and (name not in tracer.foreign if hasattr(module, "parametrizations")
+                                                           else not tracer.layers[id(module.weight)].ran)]
+    unknown = sorted(skip - set(tracer.unhandled) - set(idle))
     if unknown:
         raise ValueError(f"skip names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not among the layers "
-                         f"ReDo cannot handle in this forward pass ({sorted(tracer.unhandled) or 'none'})")
+                         f"ReDo cannot handle in this forward pass ({sorted(tracer.unhandled) or 'none'}) or those "
+                         f"that did not run ({idle or 'none'})")
     hidden = [layer for layer in tracer.order if layer.readers or layer.unknown_readers]
     for layer in hidden:
         if layer.unhandled and layer.name not in skip:
             raise ValueError(layer.problem)
+    them = "it" if len(idle) == 1 else "them"
+    if idle and recycling:
+        raise ValueError(f"cannot recycle: {', '.join(map(repr, idle))} did not run in the forward pass, so the "
+                         f"neurons {them} may read would keep their outgoing weights there: pass a forward= that runs "
+                         "every layer, or recycle the submodule that runs")
+    if set(idle) - skip:
+        raise ValueError(f"{', '.join(map(repr, idle))} did not run in the forward pass, so ReDo would leave {them} "
+                         f"out: pass a forward= that runs every layer, or skip={idle} to score the others knowingly")
     hidden = [layer for layer in hidden if not layer.unhandled]
     if not hidden:
         ran = sum(not layer.unhandled for layer in tracer.order)
@@ -480,8 +505,9 @@ def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation:
         skip: hidden layers of a kind ReDo cannot score (an ``nn.Conv1d``, an ``nn.LSTM``, a
             parameter applied with ``@`` or ``einsum``: any operation on a parameter of ``model``
             that makes neurons, other than an ``nn.Linear``/``nn.Conv2d`` call), named as the error
-            that refuses them names them, to leave out knowingly. Output layers of any kind need not
-            be named.
+            that refuses them names them, to leave out knowingly; also ``nn.Linear``/``nn.Conv2d`` layers
+            that ``forward`` does not run (e.g. an actor under ``agent.get_value``). Output layers of any
+            kind need not be named.
 
     Returns:
         ``{module name: float32 tensor of shape (out_features or out_channels,)}``, in execution
@@ -489,8 +515,9 @@ def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation:
 
     Raises:
         ValueError: a layer runs more than once, there is no hidden layer, a hidden layer's
-            activation cannot be found, or a hidden layer is of a kind ReDo cannot score and not
-            in ``skip`` (names the layer).
+            activation cannot be found, a hidden layer is of a kind ReDo cannot score and not
+            in ``skip``, an ``nn.Linear``/``nn.Conv2d`` does not run and is not in ``skip``, or
+            the model holds a TorchScript module (names the layer).
     """
     return {layer.name: _score(layer) for layer in _trace(model, x, activation, forward, skip) if _scored(layer)}
 
@@ -595,7 +622,9 @@ def recycle_dormant(
             recycled ones'. Off by default, as in the authors' code.
         forward: what to call instead of ``model``, as in :func:`dormant_scores`.
         skip: layers ReDo cannot handle, left out knowingly, as in :func:`dormant_scores`. They
-            are not recycled, and a layer they read cannot be.
+            are not recycled, and a layer they read cannot be. Layers that do not run cannot be
+            skipped here: every ``nn.Linear``/``nn.Conv2d`` must run, or their inputs' outgoing
+            weights would be missed.
 
     Returns:
         ``{"recycled": {layer: neurons recycled}, "scores": {layer: scores before recycling},
@@ -608,7 +637,7 @@ def recycle_dormant(
     if not tau >= 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
     init_fn = init_fn or _default_init
-    hidden = _trace(model, x, activation, forward, skip)
+    hidden = _trace(model, x, activation, forward, skip, recycling=True)
     for layer in hidden:
         if layer.problem is not None:
             raise ValueError(f"cannot recycle: {layer.problem}")

@@ -396,7 +396,44 @@ def test_cleanrl_ppo_atari_agent_with_two_heads():
         hidden=trunk, readers={"network.0": ["network.2"], "network.2": ["network.4"], "network.4": ["network.7"],
                                "network.7": ["actor", "critic"]},
         forward=agent.get_action_and_value)
-    assert list(dormant_scores(agent, x, forward=agent.get_value)) == trunk  # one head is enough to score
+
+
+def test_a_layer_that_does_not_run_is_named_never_left_out():
+    """forward=agent.get_value runs the trunk and the critic, not the actor: scoring names the actor (skip it to score
+    the rest knowingly); recycling refuses, since the actor reads the trunk's last layer, whose recycled neurons
+    would keep their outgoing weights there and change the policy."""
+    torch.manual_seed(0)
+    agent = CleanRLPPOAtariAgent()
+    x = torch.randint(0, 256, (16, 4, 84, 84)).float()
+    with pytest.raises(ValueError) as error:
+        dormant_scores(agent, x, forward=agent.get_value)
+    assert str(error.value) == ("'actor' did not run in the forward pass, so ReDo would leave it out: pass a forward= "
+                                "that runs every layer, or skip=['actor'] to score the others knowingly")
+    assert torch.equal(torch.cat(list(dormant_scores(agent, x, forward=agent.get_value, skip=["actor"]).values())),
+                       torch.cat(list(dormant_scores(agent, x, forward=agent.get_action_and_value).values())))
+    message = ("cannot recycle: 'actor' did not run in the forward pass, so the neurons it may read would keep their "
+               "outgoing weights there: pass a forward= that runs every layer, or recycle the submodule that runs")
+    for skip in ((), ["actor"]):
+        optimizer = torch.optim.Adam(agent.parameters())
+        before = {name: p.detach().clone() for name, p in agent.named_parameters()}
+        with pytest.raises(ValueError) as error:
+            recycle_dormant(agent, optimizer, x, tau=10.0, forward=agent.get_value, skip=skip)
+        assert str(error.value) == message
+        assert all(torch.equal(p, before[name]) for name, p in agent.named_parameters())
+    twin = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))  # a target network kept in the same module
+    holder = nn.ModuleDict({"online": twin, "target": nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))})
+    with pytest.raises(ValueError, match=r"^'target.0', 'target.2' did not run in the forward pass"):
+        dormant_scores(holder, torch.randn(8, 4), forward=holder["online"])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_torchscript_module_is_refused_by_name():
+    trunk = torch.jit.script(nn.Sequential(nn.Linear(4, 8), nn.ReLU()))
+    model = nn.Sequential(trunk, nn.Linear(8, 2))
+    with pytest.raises(ValueError) as error:
+        dormant_scores(model, torch.randn(8, 4))
+    assert str(error.value) == ("'0' is a TorchScript module (torch.jit.script/trace), whose layers ReDo cannot follow: "
+                                "pass the module before scripting it")
 
 
 def test_cleanrl_sac_actor_mean_and_logstd_heads():
@@ -913,7 +950,7 @@ def test_a_layer_of_another_kind_is_refused_by_name_and_the_rest_recycled_exactl
     with pytest.raises(ValueError) as error:
         dormant_scores(network(), x, skip=["fc4", "fc3"])
     assert str(error.value) == (f"skip names ['fc3', 'fc4'], which are not among the layers ReDo cannot handle in "
-                                f"this forward pass (['{name}'])")
+                                f"this forward pass (['{name}']) or those that did not run (none)")
     check_exact_recycling(network(), x, dormant={"fc1": [1, 7], "fc2": [0, 63]}, hidden=["fc1", "fc2"],
                           readers={"fc1": ["fc2"], "fc2": ["out"]}, skip=[name])
 
@@ -952,7 +989,7 @@ def test_parameters_that_make_no_neurons_need_no_skip():
     with pytest.raises(ValueError) as error:
         dormant_scores(NormalizedEmbeddedInputs(), torch.randn(32, 6, 10), skip=["norm"])
     assert str(error.value) == ("skip names ['norm'], which is not among the layers ReDo cannot handle in this "
-                                "forward pass (none)")
+                                "forward pass (none) or those that did not run (none)")
     check_exact_recycling(NormalizedEmbeddedInputs(), torch.randn(32, 6, 10), dormant={"fc1": [2], "fc2": [5, 6]},
                           hidden=["fc1", "fc2"], readers={"fc1": ["fc2"], "fc2": ["out"]})
 
