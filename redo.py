@@ -500,8 +500,8 @@ def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation:
         x: a batch of inputs, e.g. states sampled uniformly from a replay buffer, or a tuple of
             batches passed as ``forward(*x)`` (e.g. a critic's states and actions).
         activation: the nonlinearity that follows each hidden layer.
-        forward: what to call instead of ``model``, e.g. ``agent.get_value`` for a module with
-            no ``forward``; it must run the layers of ``model``.
+        forward: what to call instead of ``model``, e.g. ``agent.get_action_and_value`` for a
+            module with no ``forward``; it must run every ``nn.Linear``/``nn.Conv2d`` of ``model``.
         skip: hidden layers of a kind ReDo cannot score (an ``nn.Conv1d``, an ``nn.LSTM``, a
             parameter applied with ``@`` or ``einsum``: any operation on a parameter of ``model``
             that makes neurons, other than an ``nn.Linear``/``nn.Conv2d`` call), named as the error
