@@ -404,7 +404,8 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
     and augmentation; the target copied as often as the run copied it: after every 4 updates at replay ratio 4
     and --target-network-frequency 1) on the same batches, and the recycled neurons are scored again. A third recycler, theirs with ``weight_scaling=True`` (an option of
     their code, off in the paper's runs: re-drawn rows take the mean norm of the kept ones), shows what the
-    scale of the re-drawn weights does."""
+    scale of the re-drawn weights does. For conv1, which reads pixels (all >= 0), also: how many re-drawn channels
+    have incoming weights summing below 0, and how many of 640 fresh draws are dormant at once."""
     import copy
 
     import jax
@@ -519,6 +520,33 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
             print(f"  {layer:<6} {row_norms(before, layer)[~mask].median():.3f} | " + " | ".join(
                 f"{row_norms(net, layer)[mask].median():.3f}" for net in (theirs_net, ours_net, scaled_net)))
 
+    # A conv1 channel reads pixels, all >= 0: with a zero bias, one whose incoming weights sum below 0 is mostly off.
+    if recycled["conv1"].any():
+        mask = recycled["conv1"]
+        print(f"the {int(mask.sum())} re-drawn conv1 channels: incoming weights summing below 0, and dormant at once "
+              f"(on the {len(probe)} other states) among those / among the others:")
+        for name, net in (("theirs", theirs_net), ("ours", ours_net)):
+            negative = net.conv1.weight.detach().sum(dim=(1, 2, 3))[mask] < 0
+            dormant = redo.dormant_scores(net, probe)["conv1"][mask] <= tau
+            print(f"  {name:<6} {int(negative.sum())} below 0, {int((dormant & negative).sum())} of them dormant; "
+                  f"{int((dormant & ~negative).sum())} of the other {int((~negative).sum())}")
+    # How likely any re-draw is to be born dormant: many fresh draws of the run's initializer, each channel scored
+    # against the mean activation of conv1 as it is (the denominator of the score, which one channel barely moves).
+    conv1, pixels = before.conv1, probe.float() / 255.0
+    with torch.no_grad():
+        layer_mean = torch.relu(conv1(pixels)).mean(dim=(0, 2, 3)).mean()
+        born_dormant, negative = [], []
+        for _ in range(20):
+            fresh = torch.empty_like(conv1.weight)
+            dqn_redo.QNetwork.weight_init(saved["network"])(fresh)
+            activation = torch.relu(torch.nn.functional.conv2d(pixels, fresh, None, conv1.stride, conv1.padding))
+            born_dormant.append(activation.mean(dim=(0, 2, 3)) / layer_mean <= tau)
+            negative.append(fresh.sum(dim=(1, 2, 3)) < 0)
+    born_dormant, negative = torch.cat(born_dormant), torch.cat(negative)
+    print(f"{len(born_dormant)} fresh draws of a conv1 channel with zero bias: {born_dormant.float().mean():.0%} dormant "
+          f"at once; {born_dormant[negative].float().mean():.0%} of the {int(negative.sum())} whose weights sum below 0, "
+          f"{born_dormant[~negative].float().mean():.0%} of the others")
+
     # The same updates for each, from the same seeds: the run's update rule, and its target copies.
     updates_per_copy = max(1, round(saved["replay_ratio"] * saved["target_network_frequency"]))
     arms = {"no recycling": (before, adam_before), "authors' recycler": (theirs_net, theirs_adam),
@@ -526,7 +554,7 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
     marks = sorted({0, updates // 4, updates // 2, updates})
     print(f"recycled neurons (chosen above) still or again dormant at tau {tau:g}, on {len(probe)} other states, "
           f"after k updates (the target copied every {updates_per_copy}); in brackets their mean score and the whole "
-          f"network's dormant fraction; then, per layer, the share at k = {updates:,}:")
+          f"network's dormant fraction; then the share per layer at each k:")
     print(f"  {'':<26}" + "".join(f"{'k = ' + format(k, ','):>26}" for k in marks))
     for label, (net, adam) in arms.items():
         target = copy.deepcopy(net)
@@ -534,20 +562,22 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
                                         augment=dqn_redo.drq_augment if saved["augmentation"] == "drq" else None)
         rb.rng = np.random.default_rng(seed + 1)
         torch.manual_seed(seed + 1)
-        cells = []
+        cells, per_layer = [], {layer: [] for layer, mask in recycled.items() if mask.any()}
         for k in range(updates + 1):
             if k in marks:
                 scores = redo.dormant_scores(net, probe)
                 chosen = torch.cat([scores[layer][mask] for layer, mask in recycled.items()])
                 total = redo.dormant_fractions(scores, tau)["total"]
                 cells.append(f"{(chosen <= tau).float().mean():.0%} ({chosen.mean():.2f}, {total:.1%})")
-                per_layer = [f"{layer} {(scores[layer][mask] <= tau).float().mean():.0%} of {int(mask.sum())}"
-                             for layer, mask in recycled.items() if mask.any()]
+                for layer in per_layer:
+                    per_layer[layer].append(f"{(scores[layer][recycled[layer]] <= tau).float().mean():.0%}")
             if k < updates:
                 step(rb.sample(saved["batch_size"]))
                 if (k + 1) % updates_per_copy == 0:
                     target.load_state_dict(net.state_dict())
-        print(f"  {label:<26}" + "".join(f"{cell:>26}" for cell in cells) + f"    {', '.join(per_layer)}", flush=True)
+        print(f"  {label:<26}" + "".join(f"{cell:>26}" for cell in cells) + "    per layer: " + ", ".join(
+            f"{layer} {' / '.join(shares)} of {int(recycled[layer].sum())}" for layer, shares in per_layer.items()),
+            flush=True)
 
 
 def dopamine_2023_replay():
