@@ -167,6 +167,17 @@ class _Tracer(TorchFunctionMode):
             if isinstance(item, Tensor):
                 self.opaque[id(item)] = (item, reasons)
 
+    def idle_layers(self, model: nn.Module) -> list[str]:
+        """The nn.Linear/nn.Conv2d layers of ``model`` that the pass did not run. One whose weight an operation of
+        another kind took (as nn.MultiheadAttention takes its out_proj's) ran, as part of that layer."""
+        idle = []
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and id(module.weight) not in self.taken:
+                parametrized = hasattr(module, "parametrizations")  # its weight is computed at each access
+                if not (name in self.foreign if parametrized else self.layers[id(module.weight)].ran):
+                    idle.append(name)
+        return idle
+
     # -- bookkeeping ------------------------------------------------------------------------------
 
     def layers_in(self, ids: Tensor) -> list[_Layer]:
@@ -440,11 +451,8 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
                        "nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown")
     skip = {skip} if isinstance(skip, str) else set(skip)
     # An nn.Linear/nn.Conv2d that did not run (an actor's under forward=agent.get_value) would be left out silently;
-    # when recycling, it may also read a recycled neuron, whose outgoing weights there would stay. (One whose weight
-    # an operation of another kind took, as nn.MultiheadAttention takes its out_proj's, is part of that layer.)
-    idle = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))
-            and id(module.weight) not in tracer.taken and (name not in tracer.foreign if hasattr(module, "parametrizations")
-                                                           else not tracer.layers[id(module.weight)].ran)]
+    # when recycling, it may also read a recycled neuron, whose outgoing weights there would stay.
+    idle = tracer.idle_layers(model)
     unknown = sorted(skip - set(tracer.unhandled) - set(idle))
     if unknown:
         raise ValueError(f"skip names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not among the layers "
