@@ -554,18 +554,19 @@ def window_table(runs: list[Run], tag: str, width: int) -> str:
     scale = 100 if tag.startswith("dormant/") else 1
     lines = [f"| {tag}, agent steps | " + " | ".join(group_label(members[group]) for group in groups) + " |",
              "|-|" + "-|" * len(groups)]
+    means = {group: np.stack([binned(run, tag, edges) for run in members[group]]) for group in groups}
+    games = {group: sum(np.histogram(run.scalars[tag][0], edges)[0] for run in members[group]).tolist()
+             for group in groups}
     for k in range(len(edges) - 1):
         cells = []
         for group in groups:
-            values = [binned(run, tag, edges[k:k + 2])[0] for run in members[group]]
+            values = means[group][:, k]
             if np.isnan(values).all():
                 cells.append("-")
                 continue
             cell = f"{scale * np.nanmean(values):,.{0 if tag == 'charts/episodic_return' else 1}f}"
             if tag == "charts/episodic_return":
-                games = sum(int(((steps >= edges[k]) & (steps < edges[k + 1])).sum())
-                            for steps, _ in (run.scalars[tag] for run in members[group]))
-                cell += f" ({games} game{'s' * (games != 1)})"
+                cell += f" ({games[group][k]} game{'s' * (games[group][k] != 1)})"
             cells.append(cell)
         lines.append(f"| {edges[k]:,}-{edges[k + 1]:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
