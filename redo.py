@@ -462,10 +462,10 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
     for layer in hidden:
         if layer.unhandled and layer.name not in skip:
             raise ValueError(layer.problem)
-    them = "it" if len(idle) == 1 else "them"
+    it, them = ("it", "it") if len(idle) == 1 else ("they", "them")
     if idle and recycling:
         raise ValueError(f"cannot recycle: {', '.join(map(repr, idle))} did not run in the forward pass, so the "
-                         f"neurons {them} may read would keep their outgoing weights there: pass a forward= that runs "
+                         f"neurons {it} may read would keep their outgoing weights there: pass a forward= that runs "
                          "every layer, or recycle the submodule that runs")
     if set(idle) - skip:
         raise ValueError(f"{', '.join(map(repr, idle))} did not run in the forward pass, so ReDo would leave {them} "

@@ -7,6 +7,7 @@ exactly the recycled rows, biases and those columns, zero the optimizer's moment
 entries, and touch nothing else.
 """
 
+import copy
 import math
 import re
 
@@ -436,6 +437,29 @@ def test_a_torchscript_module_is_refused_by_name():
                                 "pass the module before scripting it")
 
 
+def test_a_compiled_model_is_scored_and_recycled_like_the_module_it_wraps():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    compiled = torch.compile(copy.deepcopy(module))
+    x = torch.randn(32, 4)
+    scores, compiled_scores = dormant_scores(module, x), dormant_scores(compiled, x)
+    assert list(compiled_scores) == [f"_orig_mod.{name}" for name in scores]
+    assert all(torch.equal(scores[name], compiled_scores[f"_orig_mod.{name}"]) for name in scores)
+    optimizers = []
+    for model in (module, compiled):
+        optimizer = torch.optim.Adam(model.parameters())
+        getattr(model, "_orig_mod", model)(x).square().mean().backward()  # eager in both: the same moments
+        optimizer.step()
+        torch.manual_seed(1)
+        result = recycle_dormant(model, optimizer, x, tau=0.5)
+        optimizers.append(optimizer)
+    assert result["recycled"]["_orig_mod.0"] > 0 and result["recycled"]["_orig_mod.2"] > 0
+    for (name, p), q in zip(module.named_parameters(), compiled.parameters()):
+        assert torch.equal(p, q), name
+        for key, state in optimizers[0].state[p].items():
+            assert torch.equal(state, optimizers[1].state[q][key]), (name, key)
+
+
 def test_cleanrl_sac_actor_mean_and_logstd_heads():
     torch.manual_seed(0)
     actor = CleanRLSACActor()
@@ -554,6 +578,12 @@ def test_sb3_dqn_q_net():
     obs = torch.randn(64, 4)
     check_exact_recycling(model.q_net, obs, dormant={"q_net.0": [1, 2], "q_net.2": [63]}, hidden=["q_net.0", "q_net.2"],
                           readers={"q_net.0": ["q_net.2"], "q_net.2": ["q_net.4"]})
+    # The policy holds the target network too, which its forward does not run: refused, not scored in part.
+    target = "'q_net_target.q_net.0', 'q_net_target.q_net.2', 'q_net_target.q_net.4' did not run in the forward pass"
+    with pytest.raises(ValueError, match=f"^{target}, so ReDo would leave them out"):
+        dormant_scores(model.policy, obs)
+    with pytest.raises(ValueError, match=f"^cannot recycle: {target}, so the neurons they may read"):
+        recycle_dormant(model.policy, None, obs, tau=0.1)
 
 
 def test_sb3_sac_actor_and_twin_critic():
