@@ -9,7 +9,9 @@ with `--checkpoint-buffer`, so that running the same command again skips finishe
 continues interrupted ones with `--resume` (identical to an uninterrupted run). A run whose process is killed
 (a lost worker, an out-of-memory kill, a preempted node) is retried by Ray and resumes; a run that fails for a
 reason of its own (bad arguments, divergence) is reported once, with its log's last lines, in `failed.json`,
-and not retried (pass --retry-failed to try those again). Arguments after `--` go to every dqn_redo.py.
+and not retried (pass --retry-failed to try those again). Ctrl-C or SIGTERM stops the sweep cleanly: every
+running run finishes its step and saves a checkpoint first (the same signal again exits at once). Arguments after
+`--` go to every dqn_redo.py.
 """
 
 from __future__ import annotations
@@ -120,16 +122,45 @@ class Interrupted(Exception):
     """The run's process was killed by a signal: Ray retries the task, which resumes from the checkpoint."""
 
 
+STOP_FILE = ".stop"
+"""Made in --out-dir when the sweep is asked to stop: each run_cell then stops its run, which saves a checkpoint.
+A file, not a Ray call, because the task must outlive the request: ray.cancel would resolve the task at once and
+let Ray shut down while the runs are still writing their checkpoints."""
+
+
 def run_cell(cell: Cell, cell_dir: str, args: SweepArgs, extra: list[str]) -> dict:
-    """Runs (or resumes) one cell to its end. Returns its outcome; raises Interrupted if the process was killed."""
+    """Runs (or resumes) one cell to its end, or until the sweep stops (its run saves a checkpoint first). Returns
+    its outcome (`stopped` if the sweep stopped it); raises Interrupted if the process was killed from outside."""
     folder = Path(cell_dir)
+    stop_file = folder.parent / STOP_FILE
+    if stop_file.exists():  # still queued when the sweep was stopped
+        return {"cell": dataclasses.asdict(cell), "exit_code": None, "stopped": True}
     folder.mkdir(parents=True, exist_ok=True)
     cmd = command(cell, folder, args, extra)
+    stopping = False
     with open(folder / "log.txt", "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        code = subprocess.call(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                               env={**os.environ, "OMP_NUM_THREADS": str(args.cpus_per_run)})
+        start = log.tell()
+        # Its own session, so that a Ctrl-C in the sweep's terminal reaches the sweep alone, which stops each run
+        # once: dqn_redo.py takes a second signal as "exit at once, without a checkpoint".
+        process = subprocess.Popen(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_die_with_parent,
+                                   env={**os.environ, "OMP_NUM_THREADS": str(args.cpus_per_run)})
+        while True:
+            try:
+                code = process.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if not stopping and stop_file.exists():
+                    process.send_signal(signal.SIGTERM)  # it finishes its step, saves a checkpoint and exits
+                    stopping = True
+    if stopping and code != 0:
+        with open(folder / "log.txt", "rb") as log:
+            log.seek(start)
+            saved = re.findall(rb"stopped at step ([\d,]+);", log.read())  # none if stopped before its first step
+        return {"cell": dataclasses.asdict(cell), "exit_code": code, "stopped": True,
+                "saved_at": int(saved[-1].replace(b",", b"")) if saved else None}
     if code < 0 or code in (128 + 9, 128 + 15, 128 + 2):  # killed, or stopped by a signal after a checkpoint
         raise Interrupted(f"{cell.name}: dqn_redo.py was stopped by a signal ({code}); resuming")
     outcome = {"cell": dataclasses.asdict(cell), "exit_code": code, "command": cmd}
@@ -197,12 +228,29 @@ def main(args: SweepArgs, extra: list[str]) -> int:
         return 1 if skipped["failed"] else 0
 
     # On a cluster, every node must see this folder and --out-dir at the same paths (a shared file system).
+    stop_file = out_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)  # left by a sweep that was killed outright
     ray.init(address=args.ray_address, num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    stop_signals: list[int] = []
+
+    def request_stop(signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if stop_signals:
+            print(f"\n{name} again: exiting now; runs still saving a checkpoint may lose it", file=sys.stderr)
+            os._exit(128 + signum)
+        stop_signals.append(signum)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+        print(f"\n{name}: every running run finishes its step and saves a checkpoint; the same command continues "
+              "them (send it again to exit at once)", flush=True)
+
+    signal.signal(signal.SIGINT, request_stop)  # after ray.init, which installs handlers of its own
+    signal.signal(signal.SIGTERM, request_stop)
     remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, max_retries=args.max_retries,
                         retry_exceptions=[Interrupted])(run_cell)
     pending = {remote.remote(cell, str((out_dir / cell.name).resolve()), args, extra): cell for cell in todo}
     goal = total_steps(extra)
-    failed, start, last_summary = skipped["failed"], time.time(), time.time()
+    failed, stopped, start, last_summary = skipped["failed"], 0, time.time(), time.time()
     first_steps = sum(steps_done(out_dir / cell.name) for cell in todo)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(args.summary_interval, 10.0))
@@ -214,7 +262,13 @@ def main(args: SweepArgs, extra: list[str]) -> int:
                 print(f"failed  {cell.name}: {type(error).__name__}: {str(error).splitlines()[-1][:300]}", flush=True)
                 failed += 1
                 continue
-            if outcome["exit_code"] == 0:
+            if outcome.get("stopped"):
+                stopped += 1
+                if outcome["saved_at"] is not None:
+                    print(f"stopped {cell.name}: checkpoint at step {outcome['saved_at']:,}", flush=True)
+                elif outcome["exit_code"] is not None:
+                    print(f"stopped {cell.name} before its first step: its last checkpoint stands", flush=True)
+            elif outcome["exit_code"] == 0:
                 print(f"done    {cell.name}", flush=True)
             else:
                 failed += 1
@@ -226,10 +280,15 @@ def main(args: SweepArgs, extra: list[str]) -> int:
             speed = (steps - first_steps) / max(time.time() - start, 1e-6)
             left = len(todo) * goal - steps
             eta = f"{left / speed / 3600:.1f} h" if speed > 0 else "?"
-            done = len(todo) - len(pending) - (failed - skipped["failed"])
+            done = len(todo) - len(pending) - (failed - skipped["failed"]) - stopped
             print(f"summary: {skipped['done'] + done} done, {len(pending)} running or queued, {failed} failed | "
                   f"{speed:.0f} agent steps/s in total | ETA {eta}", flush=True)
     ray.shutdown()
+    if stop_signals:
+        stop_file.unlink(missing_ok=True)
+        print(f"stopped: {stopped} cells not finished, each kept at its last checkpoint; run the same command to "
+              "continue them", flush=True)
+        return 128 + stop_signals[0]
     return 1 if failed else 0
 
 

@@ -57,23 +57,44 @@ def test_tiny_sweep_runs_skips_resumes_and_reports_failures(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in out.rglob("events.out.tfevents*")}
     assert mtimes and all(p.stat().st_mtime == t for p, t in mtimes.items())  # nothing rerun or overwritten
 
-    # A cell whose process dies mid-run: the sweep is interrupted after its first checkpoint, then run again.
+    # A cell whose process dies mid-run is retried by Ray and resumes from its checkpoint; then a Ctrl-C stops the
+    # sweep, whose run saves a checkpoint at the step it was at, and running the sweep again continues from there.
     extra = [flag if flag != "400" else "1500" for flag in TINY]
-    process = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "--out-dir", str(out / "kill"), "--env-ids",
-                                "Pong-v4", "--seeds", "7", "--arms", "baseline", "--", *extra],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    one_cell = ["--env-ids", "Pong-v4", "--seeds", "7", "--arms", "baseline"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "--out-dir", str(out / "kill"), *one_cell,
+                                "--", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
     cell_dir = out / "kill" / "Pong-v4__rr0.25__baseline__s7"
-    deadline = time.time() + 240
-    while not list(cell_dir.glob("runs/*/checkpoint.pt")) and time.time() < deadline:
-        time.sleep(0.5)
-    assert list(cell_dir.glob("runs/*/checkpoint.pt")), process.kill() or process.stdout.read()[-3000:]
+
+    def wait_for(condition):
+        deadline = time.time() + 240
+        while not condition() and time.time() < deadline:
+            time.sleep(0.2)
+        assert condition(), os.killpg(process.pid, signal.SIGKILL) or process.stdout.read()[-3000:]
+
+    wait_for(lambda: list(cell_dir.glob("runs/*/checkpoint.pt")))
     child = subprocess.run(["pgrep", "-f", f"dqn_redo.py.*--seed 7"], capture_output=True, text=True).stdout.split()
     for pid in child:
         os.kill(int(pid), signal.SIGKILL)  # the run dies at once, without a last checkpoint
-    finished = process.communicate(timeout=400)[0]
-    assert process.returncode == 0, finished[-3000:]
+    wait_for(lambda: "resuming" in (cell_dir / "log.txt").read_text())
+    checkpoint = next(cell_dir.glob("runs/*/checkpoint.pt"))
+    written = checkpoint.stat().st_mtime
+    wait_for(lambda: checkpoint.stat().st_mtime != written)  # the resumed run is training
+    os.killpg(process.pid, signal.SIGINT)  # a Ctrl-C in the sweep's terminal reaches its whole process group
+    stopped = process.communicate(timeout=400)[0]
+    assert process.returncode == 128 + signal.SIGINT, stopped[-3000:]
+    step = stopped.split("stopped Pong-v4__rr0.25__baseline__s7: checkpoint at step ")[1].split()[0]
+    assert "1 cells not finished" in stopped
     log = (cell_dir / "log.txt").read_text()
-    assert log.count("$ ") == 2 and "--resume" in log.split("$ ")[2] and "resuming" in log
+    assert log.count("$ ") == 2 and "--resume" in log.split("$ ")[2]  # killed: retried; stopped: not
+    assert f"stopped at step {step};" in log
+    assert not (cell_dir / "done.json").exists() and not (out / "kill" / ".stop").exists()
+    assert not subprocess.run(["pgrep", "-f", f"dqn_redo.py.*{cell_dir}"], capture_output=True).stdout
+
+    finished = sweep(out / "kill", *one_cell, extra=extra)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    log = (cell_dir / "log.txt").read_text()
+    assert log.count("$ ") == 3 and f"at step {step} on" in log.split("$ ")[3]  # nothing played twice
     assert (cell_dir / "done.json").exists()
 
     failing = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo", extra=[*TINY, "--gamma",
