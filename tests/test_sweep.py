@@ -1,10 +1,12 @@
 """sweep.py on a local Ray instance, and plot.py --sweep against hand-computed statistics."""
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 import plot
+import sweep as sweep_module
 from sweep import Cell, SweepArgs, cells_of, extra_flags
 from test_dqn import ROOT
 
@@ -113,6 +116,71 @@ def test_flags_the_sweep_sets_are_refused(tmp_path):
     for flags in (["--num-cpus", "1", "--cpus-per-run", "2"], ["--num-cpus", "2", "--ray-address", "auto"]):
         result = sweep(tmp_path, *flags, timeout=60)
         assert result.returncode == 2 and "--num-cpus must be" in result.stderr and not list(tmp_path.iterdir())
+
+
+# A stand-in for dqn_redo.py: counts SIGTERMs (a second one would make the real script exit without a checkpoint),
+# and on the first one prints what dqn_redo.py prints after saving its checkpoint, then exits with 128 + 15.
+FAKE_RUN = """
+import signal, sys, time
+terms = []
+def on_term(signum, frame):
+    terms.append(signum)
+    print(f"SIGTERMs: {len(terms)}", flush=True)
+    if len(terms) == 1:
+        time.sleep(1.5)  # writing the checkpoint, while run_cell keeps polling the stop file
+        print("stopped at step 1,234; continue with: ...", flush=True)
+        sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, on_term)
+print("running", flush=True)
+time.sleep(60)
+"""
+
+
+def test_run_cell_stops_its_run_once_and_reports_the_checkpoint_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "command", lambda *_: [sys.executable, "-c", FAKE_RUN])
+    cell, cell_dir = Cell("Pong-v4", 1.0, "redo", 1), tmp_path / "Pong-v4__rr1__redo__s1"
+    args = SweepArgs(out_dir=str(tmp_path))
+    timer = threading.Timer(2.0, (tmp_path / sweep_module.STOP_FILE).touch)
+    timer.start()
+    outcome = sweep_module.run_cell(cell, str(cell_dir), args, [])
+    timer.join()
+    assert outcome["stopped"] and outcome["exit_code"] == 128 + 15 and outcome["saved_at"] == 1234
+    log = (cell_dir / "log.txt").read_text()
+    assert "running" in log and "SIGTERMs: 1" in log and "SIGTERMs: 2" not in log
+    assert not (cell_dir / "done.json").exists() and not (cell_dir / "failed.json").exists()
+    # Stopped while still loading (SIGTERM's default action ends it): no new checkpoint, whatever the log said before.
+    (tmp_path / sweep_module.STOP_FILE).unlink()
+    monkeypatch.setattr(sweep_module, "command", lambda *_: [sys.executable, "-c", "import time; time.sleep(60)"])
+    timer = threading.Timer(1.0, (tmp_path / sweep_module.STOP_FILE).touch)
+    timer.start()
+    outcome = sweep_module.run_cell(cell, str(cell_dir), args, [])
+    timer.join()
+    assert outcome["stopped"] and outcome["exit_code"] == -15 and outcome["saved_at"] is None
+    # Queued when the sweep stopped: it does not start.
+    assert sweep_module.run_cell(cell, str(tmp_path / "queued"), args, []) == {
+        "cell": dataclasses.asdict(cell), "exit_code": None, "stopped": True}
+    assert not (tmp_path / "queued").exists()
+
+
+def test_run_cell_hands_a_run_killed_from_outside_to_ray_for_a_retry(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "command", lambda *_: [sys.executable, "-c", FAKE_RUN])
+    cell, cell_dir = Cell("Pong-v4", 1.0, "redo", 1), tmp_path / "cell"
+
+    def kill_the_run():
+        deadline = time.time() + 30
+        while "running" not in ((cell_dir / "log.txt").read_text() if (cell_dir / "log.txt").exists() else ""):
+            assert time.time() < deadline
+            time.sleep(0.1)
+        pids = subprocess.run(["pgrep", "-f", "terms.append"], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            os.kill(int(pid), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_run)
+    killer.start()
+    with pytest.raises(sweep_module.Interrupted, match="stopped by a signal"):
+        sweep_module.run_cell(cell, str(cell_dir), SweepArgs(out_dir=str(tmp_path)), [])
+    killer.join()
+    assert not (cell_dir / "done.json").exists() and not (cell_dir / "failed.json").exists()
 
 
 # ---------------------------------------------------------------- aggregation
