@@ -170,15 +170,25 @@ def run_cell(cell: Cell, cell_dir: str, args: SweepArgs, extra: list[str]) -> di
     return outcome
 
 
-def steps_done(cell_dir: Path) -> int:
-    """Agent steps a cell has made, from the last progress line of its log."""
+def progress_of(cell_dir: Path) -> tuple[int, int | None]:
+    """Agent steps a cell has made and its run's length, from the last progress line of its log ("step N/T");
+    (0, None) before the first one."""
     try:
         with open(cell_dir / "log.txt", "rb") as log:
             log.seek(max(0, log.seek(0, 2) - 4000))
-            found = re.findall(rb"step ([\d,]+)/", log.read())
-        return int(found[-1].replace(b",", b"")) if found else 0
+            found = re.findall(rb"step ([\d,]+)/([\d,]+)", log.read())
     except OSError:
-        return 0
+        found = []
+    return tuple(int(n.replace(b",", b"")) for n in found[-1]) if found else (0, None)
+
+
+def eta(running: list[tuple[int, int | None]], length: int | None, speed: float) -> str:
+    """Hours the unfinished cells (their progress_of) need at `speed` agent steps per second. A cell without a
+    progress line yet counts as `length`, the longest of the sweep's runs: the runs' own progress lines are the
+    reliable source of their length, since a preset can set it."""
+    if length is None or speed <= 0:
+        return "?"
+    return f"{sum((own or length) - steps for steps, own in running) / speed / 3600:.1f} h"
 
 
 def extra_flags(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -187,11 +197,6 @@ def extra_flags(argv: list[str]) -> tuple[list[str], list[str]]:
         return argv, []
     at = argv.index("--")
     return argv[:at], argv[at + 1:]
-
-
-def total_steps(extra: list[str]) -> int:
-    flags = extra[extra.index("--total-timesteps") + 1] if "--total-timesteps" in extra else "2500000"
-    return int(flags.replace("_", "").replace(",", ""))
 
 
 def main(args: SweepArgs, extra: list[str]) -> int:
@@ -249,9 +254,8 @@ def main(args: SweepArgs, extra: list[str]) -> int:
     remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, max_retries=args.max_retries,
                         retry_exceptions=[Interrupted])(run_cell)
     pending = {remote.remote(cell, str((out_dir / cell.name).resolve()), args, extra): cell for cell in todo}
-    goal = total_steps(extra)
     failed, stopped, start, last_summary = skipped["failed"], 0, time.time(), time.time()
-    first_steps = sum(steps_done(out_dir / cell.name) for cell in todo)
+    first_steps = sum(progress_of(out_dir / cell.name)[0] for cell in todo)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(args.summary_interval, 10.0))
         for ref in ready:
@@ -264,7 +268,7 @@ def main(args: SweepArgs, extra: list[str]) -> int:
                 continue
             if outcome.get("stopped"):
                 stopped += 1
-                if outcome["saved_at"] is not None:
+                if outcome.get("saved_at") is not None:
                     print(f"stopped {cell.name}: checkpoint at step {outcome['saved_at']:,}", flush=True)
                 elif outcome["exit_code"] is not None:
                     print(f"stopped {cell.name} before its first step: its last checkpoint stands", flush=True)
@@ -276,13 +280,13 @@ def main(args: SweepArgs, extra: list[str]) -> int:
                 print(f"failed  {cell.name} (exit {outcome['exit_code']}):\n        {tail}", flush=True)
         if time.time() - last_summary >= args.summary_interval or not pending:
             last_summary = time.time()
-            steps = sum(steps_done(out_dir / cell.name) for cell in todo)
-            speed = (steps - first_steps) / max(time.time() - start, 1e-6)
-            left = len(todo) * goal - steps
-            eta = f"{left / speed / 3600:.1f} h" if speed > 0 else "?"
+            progress = {cell: progress_of(out_dir / cell.name) for cell in todo}
+            speed = (sum(steps for steps, _ in progress.values()) - first_steps) / max(time.time() - start, 1e-6)
+            length = max((own for _, own in progress.values() if own), default=None)
+            left = eta([progress[cell] for cell in pending.values()], length, speed)
             done = len(todo) - len(pending) - (failed - skipped["failed"]) - stopped
             print(f"summary: {skipped['done'] + done} done, {len(pending)} running or queued, {failed} failed | "
-                  f"{speed:.0f} agent steps/s in total | ETA {eta}", flush=True)
+                  f"{speed:.0f} agent steps/s in total | ETA {left}", flush=True)
     ray.shutdown()
     if stop_signals:
         stop_file.unlink(missing_ok=True)

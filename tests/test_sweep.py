@@ -110,6 +110,16 @@ def test_tiny_sweep_runs_skips_resumes_and_reports_failures(tmp_path):
     assert once_more.returncode == 1 and "1 failed earlier" in once_more.stdout and "0 to run" in once_more.stdout
 
 
+def test_progress_and_eta_come_from_the_runs_own_progress_lines(tmp_path):
+    (tmp_path / "log.txt").write_text("$ dqn_redo.py --preset drq-eps\nstep 1,000/100,000 | 9 SPS\n"
+                                      "step 20,000/100,000 | 10 SPS | eps 0.010\n")
+    assert sweep_module.progress_of(tmp_path) == (20_000, 100_000)
+    assert sweep_module.progress_of(tmp_path / "not-started") == (0, None)
+    # 80,000 steps left in the started cell, 100,000 in one not started: 180,000 at 10 steps/s is 5 hours.
+    assert sweep_module.eta([(20_000, 100_000), (0, None)], 100_000, 10.0) == "5.0 h"
+    assert sweep_module.eta([(0, None)], None, 10.0) == "?" and sweep_module.eta([(0, None)], 5, 0.0) == "?"
+
+
 def test_flags_the_sweep_sets_are_refused(tmp_path):
     result = sweep(tmp_path, extra=["--seed", "3"], timeout=60)
     assert result.returncode == 2 and "--seed is set by the sweep" in result.stderr
