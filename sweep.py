@@ -271,7 +271,7 @@ def main(args: SweepArgs, extra: list[str]) -> int:
                 if outcome.get("saved_at") is not None:
                     print(f"stopped {cell.name}: checkpoint at step {outcome['saved_at']:,}", flush=True)
                 elif outcome["exit_code"] is not None:
-                    print(f"stopped {cell.name} before its first step: its last checkpoint stands", flush=True)
+                    print(f"stopped {cell.name} while it was starting: its last checkpoint stands", flush=True)
             elif outcome["exit_code"] == 0:
                 print(f"done    {cell.name}", flush=True)
             else:
