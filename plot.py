@@ -364,9 +364,6 @@ def carried_forward(values: np.ndarray) -> np.ndarray:
 def run_score(run: Run, fraction: float, score: str) -> float:
     """A run's return: the mean over its last ``fraction`` of agent steps, or over its final evaluation's games."""
     if score == "evaluation":
-        if "eval/episodic_return" not in run.scalars:
-            raise SweepError(f"{run.path} has no final evaluation (eval/episodic_return): score by training returns, "
-                             "or let the run finish")
         return float(run.scalars["eval/episodic_return"][1].mean())
     return final_value(run, "charts/episodic_return", fraction)
 
@@ -374,6 +371,11 @@ def run_score(run: Run, fraction: float, score: str) -> float:
 def final_scores(runs: list[Run], games: list[str], n_runs: int, fraction: float,
                  score: str = "training") -> dict[str, np.ndarray]:
     """Per algorithm, (runs, games, 1) human-normalized scores of :func:`run_score`."""
+    unfinished = [run.path for run in runs if score == "evaluation" and "eval/episodic_return" not in run.scalars]
+    if unfinished:  # all named at once: in a sweep still running there can be many
+        raise SweepError(f"{len(unfinished)} of {len(runs)} runs have no final evaluation yet "
+                         f"(eval/episodic_return): {', '.join(map(str, unfinished))}; pass only finished runs, or "
+                         "score by training returns")
     groups: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         groups[f"{run.arm}, RR {run.replay_ratio:g}"][run.env_id].append(run)

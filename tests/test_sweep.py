@@ -242,6 +242,19 @@ def test_a_game_without_reference_scores_is_a_clear_error(tmp_path, capsys):
     assert "no random/human reference score for Tetris-v4" in capsys.readouterr().err
 
 
+def test_runs_without_a_final_evaluation_are_all_named_when_scoring_by_evaluation(tmp_path, capsys):
+    for name in ("evaluated", "running_a", "running_b"):
+        fake_run(tmp_path / name, "Pong-v4", False, [-20.0] * 3, [0.2] * 3)
+    writer = SummaryWriter(str(tmp_path / "evaluated"))
+    writer.add_scalar("eval/episodic_return", -19.0, 0)
+    writer.close()
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main(plot.Args(paths=[str(tmp_path)], sweep=True, bins=3, bootstrap_samples=50, score="evaluation"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "2 of 3 runs have no final evaluation yet" in err
+    assert "running_a" in err and "running_b" in err and "evaluated" not in err
+
+
 def test_a_cell_killed_before_its_first_checkpoint_starts_over_and_keeps_its_logs(tmp_path):
     from sweep import command
 
