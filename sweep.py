@@ -130,11 +130,12 @@ let Ray shut down while the runs are still writing their checkpoints."""
 
 def run_cell(cell: Cell, cell_dir: str, args: SweepArgs, extra: list[str]) -> dict:
     """Runs (or resumes) one cell to its end, or until the sweep stops (its run saves a checkpoint first). Returns
-    its outcome (`stopped` if the sweep stopped it); raises Interrupted if the process was killed from outside."""
+    its outcome: `cell`, `exit_code` (None if it never started) and `stopped`; a stopped one also has `saved_at`
+    (the step of the checkpoint it wrote, None if none). Raises Interrupted if the process was killed from outside."""
     folder = Path(cell_dir)
     stop_file = folder.parent / STOP_FILE
     if stop_file.exists():  # still queued when the sweep was stopped
-        return {"cell": dataclasses.asdict(cell), "exit_code": None, "stopped": True}
+        return {"cell": dataclasses.asdict(cell), "exit_code": None, "stopped": True, "saved_at": None}
     folder.mkdir(parents=True, exist_ok=True)
     cmd = command(cell, folder, args, extra)
     stopping = False
@@ -163,11 +164,25 @@ def run_cell(cell: Cell, cell_dir: str, args: SweepArgs, extra: list[str]) -> di
                 "saved_at": int(saved[-1].replace(b",", b"")) if saved else None}
     if code < 0 or code in (128 + 9, 128 + 15, 128 + 2):  # killed, or stopped by a signal after a checkpoint
         raise Interrupted(f"{cell.name}: dqn_redo.py was stopped by a signal ({code}); resuming")
-    outcome = {"cell": dataclasses.asdict(cell), "exit_code": code, "command": cmd}
+    outcome = {"cell": dataclasses.asdict(cell), "exit_code": code, "stopped": False, "command": cmd}
     if code != 0:
         outcome["log_tail"] = (folder / "log.txt").read_text().splitlines()[-15:]
     (folder / ("done.json" if code == 0 else "failed.json")).write_text(json.dumps(outcome, indent=1))
     return outcome
+
+
+def outcome_line(cell: Cell, outcome: dict) -> str:
+    """What the sweep prints when a cell's task returns (run_cell's outcome); nothing for a cell that never started."""
+    if outcome["stopped"]:
+        if outcome["saved_at"] is not None:
+            return f"stopped {cell.name}: checkpoint at step {outcome['saved_at']:,}"
+        if outcome["exit_code"] is None:
+            return ""
+        return f"stopped {cell.name} while it was starting: its last checkpoint stands"
+    if outcome["exit_code"] == 0:
+        return f"done    {cell.name}"
+    tail = "\n        ".join(outcome["log_tail"][-5:])
+    return f"failed  {cell.name} (exit {outcome['exit_code']}):\n        {tail}"
 
 
 def progress_of(cell_dir: Path) -> tuple[int, int | None]:
@@ -266,18 +281,12 @@ def main(args: SweepArgs, extra: list[str]) -> int:
                 print(f"failed  {cell.name}: {type(error).__name__}: {str(error).splitlines()[-1][:300]}", flush=True)
                 failed += 1
                 continue
-            if outcome.get("stopped"):
+            if outcome["stopped"]:
                 stopped += 1
-                if outcome.get("saved_at") is not None:
-                    print(f"stopped {cell.name}: checkpoint at step {outcome['saved_at']:,}", flush=True)
-                elif outcome["exit_code"] is not None:
-                    print(f"stopped {cell.name} while it was starting: its last checkpoint stands", flush=True)
-            elif outcome["exit_code"] == 0:
-                print(f"done    {cell.name}", flush=True)
-            else:
+            elif outcome["exit_code"] != 0:
                 failed += 1
-                tail = "\n        ".join(outcome["log_tail"][-5:])
-                print(f"failed  {cell.name} (exit {outcome['exit_code']}):\n        {tail}", flush=True)
+            if line := outcome_line(cell, outcome):
+                print(line, flush=True)
         if time.time() - last_summary >= args.summary_interval or not pending:
             last_summary = time.time()
             progress = {cell: progress_of(out_dir / cell.name) for cell in todo}

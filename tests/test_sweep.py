@@ -157,6 +157,7 @@ def test_run_cell_stops_its_run_once_and_reports_the_checkpoint_step(tmp_path, m
     outcome = sweep_module.run_cell(cell, str(cell_dir), args, [])
     timer.join()
     assert outcome["stopped"] and outcome["exit_code"] == 128 + 15 and outcome["saved_at"] == 1234
+    assert sweep_module.outcome_line(cell, outcome) == "stopped Pong-v4__rr1__redo__s1: checkpoint at step 1,234"
     log = (cell_dir / "log.txt").read_text()
     assert "running" in log and "SIGTERMs: 1" in log and "SIGTERMs: 2" not in log
     assert not (cell_dir / "done.json").exists() and not (cell_dir / "failed.json").exists()
@@ -168,10 +169,27 @@ def test_run_cell_stops_its_run_once_and_reports_the_checkpoint_step(tmp_path, m
     outcome = sweep_module.run_cell(cell, str(cell_dir), args, [])
     timer.join()
     assert outcome["stopped"] and outcome["exit_code"] == -15 and outcome["saved_at"] is None
-    # Queued when the sweep stopped: it does not start.
-    assert sweep_module.run_cell(cell, str(tmp_path / "queued"), args, []) == {
-        "cell": dataclasses.asdict(cell), "exit_code": None, "stopped": True}
-    assert not (tmp_path / "queued").exists()
+    assert sweep_module.outcome_line(cell, outcome) == ("stopped Pong-v4__rr1__redo__s1 while it was starting: its "
+                                                        "last checkpoint stands")
+    # Queued when the sweep stopped: it does not start, and the sweep has nothing to say about it (a sweep stopped
+    # with queued cells once died here on a missing key, after its runs had saved).
+    queued = sweep_module.run_cell(cell, str(tmp_path / "queued"), args, [])
+    assert queued == {"cell": dataclasses.asdict(cell), "exit_code": None, "stopped": True, "saved_at": None}
+    assert not (tmp_path / "queued").exists() and sweep_module.outcome_line(cell, queued) == ""
+
+
+def test_a_finished_cell_is_reported_done_or_failed_with_its_log_tail(tmp_path, monkeypatch):
+    cell, args = Cell("Pong-v4", 1.0, "baseline", 2), SweepArgs(out_dir=str(tmp_path))
+    monkeypatch.setattr(sweep_module, "command", lambda *_: [sys.executable, "-c", "print('finished')"])
+    done = sweep_module.run_cell(cell, str(tmp_path / "done"), args, [])
+    assert done["exit_code"] == 0 and not done["stopped"] and (tmp_path / "done" / "done.json").exists()
+    assert sweep_module.outcome_line(cell, done) == "done    Pong-v4__rr1__baseline__s2"
+    monkeypatch.setattr(sweep_module, "command", lambda *_: [
+        sys.executable, "-c", "import sys; print('\\n'.join(f'line {i}' for i in range(9))); sys.exit(2)"])
+    failed = sweep_module.run_cell(cell, str(tmp_path / "failed"), args, [])
+    assert failed["exit_code"] == 2 and not failed["stopped"] and (tmp_path / "failed" / "failed.json").exists()
+    assert sweep_module.outcome_line(cell, failed) == ("failed  Pong-v4__rr1__baseline__s2 (exit 2):\n        " +
+                                                       "\n        ".join(f"line {i}" for i in range(4, 9)))
 
 
 def test_run_cell_hands_a_run_killed_from_outside_to_ray_for_a_retry(tmp_path, monkeypatch):
