@@ -32,6 +32,7 @@ def train(compile: bool, channels_last: bool, fused_adam: bool, data: list[Batch
         if drq:  # actions 0.1 apart: double DQN's argmax has no near-tie that rounding could flip
             q_network.advantage.bias.copy_(0.1 * torch.arange(6))
     target_network = copy.deepcopy(q_network)
+    initial = [p.detach().clone() for p in q_network.parameters()]  # to measure how far training moves each tensor
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=fused_adam)
     step = make_train_step(q_network, target_network, optimizer, compile, double_dqn=drq,
                            augment=drq_augment if drq else None)
@@ -49,21 +50,26 @@ def train(compile: bool, channels_last: bool, fused_adam: bool, data: list[Batch
                     layer.bias[torch.arange(i % 5, width, 7)] = -1e4
             result = recycle_dormant(q_network, optimizer, batch.obs, tau=0.0)
             recycled.append(result["recycled"])
-    return losses, recycled, jumps, q_network
+    return losses, recycled, jumps, q_network, initial
 
 
 @pytest.mark.parametrize("network, drq", [("dopamine", False), ("nature", False), ("dopamine", True)],
                          ids=["dopamine", "nature", "drq-eps"])
 def test_fast_path_matches_eager_with_recycling(network, drq, capsys):
     data = batches(12)
-    eager_losses, eager_recycled, _, eager_net = train(False, False, False, data, network=network, drq=drq)
-    fast_losses, fast_recycled, jumps, fast_net = train(True, True, True, data, network=network, drq=drq)
+    eager_losses, eager_recycled, _, eager_net, initial = train(False, False, False, data, network=network, drq=drq)
+    fast_losses, fast_recycled, jumps, fast_net, _ = train(True, True, True, data, network=network, drq=drq)
     assert "torch.compile failed" not in capsys.readouterr().err  # the fast path compiled: not eager vs eager
     assert sum(sum(r.values()) for r in eager_recycled) > 0
     assert fast_recycled == eager_recycled
     torch.testing.assert_close(torch.tensor(fast_losses), torch.tensor(eager_losses), rtol=1e-3, atol=1e-5)
-    for (name, a), b in zip(eager_net.named_parameters(), fast_net.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
+    # The same trajectory up to float rounding, measured against how far training moved each tensor. Not element
+    # by element: channels_last kernels sum in another order, and where a gradient element is a near-cancelling sum
+    # Adam turns that into a visible difference (on a 2 GHz AVX2 EPYC, 2 of conv2's 32,768 Nature weights ended
+    # 2.2e-5 apart, 0.22 of one update; whole tensors at most 1.3e-4 of their movement). A stale weight, a wrong
+    # flatten order or another Adam moves whole rows by an update or more: far above 1e-3.
+    for (name, eager), fast, start in zip(eager_net.named_parameters(), fast_net.parameters(), initial):
+        assert (fast - eager).norm() <= 1e-3 * (eager - start).norm(), name
     # Every update, right after a recycling too, starts from the weights as edited: one Adam step at
     # lr 1e-4 moves a weight by about 1e-4, while re-drawn rows differ from the old ones by ~1e-2.
     assert max(jumps) < 5e-4
