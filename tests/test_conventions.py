@@ -14,7 +14,8 @@ from dqn_redo import Args, argument_error
 from test_dqn import ROOT, only_run, run_script, scalars, start_script
 
 SHORT = ["--env-id", "Pong-v4", "--learning-starts", "500", "--buffer-size", "2000", "--redo-batch-size", "64",
-         "--srank-states", "64", "--log-interval", "10", "--redo-interval", "50", "--no-compile", "--seed", "3"]
+         "--srank-states", "64", "--log-interval", "10", "--redo-interval", "50", "--no-compile", "--seed", "3",
+         "--batch-size", "8"]
 
 
 def offline_env(tmp_path: Path) -> dict:

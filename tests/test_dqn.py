@@ -46,7 +46,8 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 SMALL_RUN = ["--total-timesteps", "3000", "--learning-starts", "1000", "--buffer-size", "5000",
-             "--redo-interval", "50", "--log-interval", "20", "--seed", "1"]
+             "--redo-interval", "50", "--log-interval", "20", "--seed", "1",
+             "--batch-size", "8", "--srank-states", "128"]  # small batches: a fast suite
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,8 @@ def only_run_name(result: subprocess.CompletedProcess) -> str:
 
 def test_same_seed_gives_identical_losses(tmp_path):
     flags = ["--total-timesteps", "800", "--learning-starts", "400", "--buffer-size", "2000", "--replay-ratio", "0.5",
-             "--redo-interval", "40", "--log-interval", "10", "--enable-redo", "--torch-threads", "1"]
+             "--redo-interval", "40", "--log-interval", "10", "--enable-redo", "--torch-threads", "1", "--batch-size", "8",
+             "--srank-states", "128"]
     runs = {}
     for name in ("a", "b"):  # side by side, one core each
         (tmp_path / name).mkdir()

@@ -20,7 +20,7 @@ from sweep import Cell, SweepArgs, cells_of, extra_flags
 from test_dqn import ROOT
 
 TINY = ["--total-timesteps", "400", "--learning-starts", "300", "--buffer-size", "1000", "--redo-batch-size", "64",
-        "--redo-interval", "20", "--no-compile", "--checkpoint-interval", "100"]
+        "--redo-interval", "20", "--no-compile", "--checkpoint-interval", "100", "--batch-size", "8", "--srank-states", "128"]
 
 
 def sweep(out_dir: Path, *flags: str, extra=TINY, timeout: float = 600) -> subprocess.CompletedProcess:
