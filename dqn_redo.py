@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import difflib
+import hashlib
 import importlib.util
 import json
 import math
@@ -609,17 +610,28 @@ def check_dormant(q_network: QNetwork, optimizer: torch.optim.Optimizer, rb: Fra
 
 
 def evaluate(q_network: QNetwork, args: Args, device: torch.device, stop: StopSignal | None = None,
-             on_step: Callable[[gym.Env, int, float, bool, bool], bool] | None = None
+             on_step: Callable[[gym.Env, int, float, bool, bool], bool] | None = None, progress_path: str | None = None
              ) -> tuple[list[float], list[int], list[bool]]:
     """Full-game returns (unclipped, no life-loss terminals) of the epsilon-greedy policy at --eval-epsilon, the
     games' lengths in agent steps, and whether each was cut by the --max-episode-steps cap (a policy can stall in a
     loop that neither scores nor loses, and at epsilon 0.001 rarely leaves it); fewer than --eval-episodes if
     ``stop`` is signalled or ``on_step`` asks to end. ``on_step(env, action, reward, terminated, truncated)`` sees
-    every step before a game's end resets the environment, and returns True to end the evaluation after it."""
+    every step before a game's end resets the environment, and returns True to end the evaluation after it.
+
+    With ``progress_path``, the games played so far are saved there after each one, and an evaluation of the same
+    network at the same epsilon that finds the file goes on from it: it plays the games an unbroken one would."""
     env = make_env(args, evaluation=True)
     rng = np.random.default_rng(args.seed + 1)
     returns, lengths, at_cap, steps, tty, ended = [], [], [], 0, sys.stderr.isatty(), False
     obs, _ = env.reset(seed=args.seed + 1)
+    network = network_fingerprint(q_network) if progress_path else ""
+    saved = read_evaluation_progress(progress_path, network, args.eval_epsilon) if progress_path else None
+    if saved is not None:
+        returns, lengths, at_cap = (saved[key][:args.eval_episodes] for key in ("returns", "lengths", "at_cap"))
+        restore_env_state(env, saved["env"])
+        rng.bit_generator.state = saved["rng"]
+        obs = saved["obs"].numpy().copy()
+        print(f"continuing the evaluation after game {len(returns)}", file=sys.stderr)
     while len(returns) < args.eval_episodes and not ended and (stop is None or stop.signum is None):
         action = act(q_network, obs, args.eval_epsilon, rng, device)
         obs, reward, terminated, truncated, info = env.step(action)
@@ -631,6 +643,11 @@ def evaluate(q_network: QNetwork, args: Args, device: torch.device, stop: StopSi
             at_cap.append(bool(truncated))
             obs, _ = env.reset()
             steps = 0
+            if progress_path:
+                write_atomically(progress_path, {
+                    "network": network, "epsilon": args.eval_epsilon, "returns": returns, "lengths": lengths,
+                    "at_cap": at_cap, "env": env_state(env), "rng": rng.bit_generator.state,
+                    "obs": torch.from_numpy(obs.copy())})
             line = (f"game {len(returns)}/{args.eval_episodes}: return {returns[-1]:.0f} in {lengths[-1]:,} steps"
                     f"{' (the cap)' if truncated else ''}, mean {np.mean(returns):.1f}")
             print(f"\r{line}" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
@@ -638,6 +655,30 @@ def evaluate(q_network: QNetwork, args: Args, device: torch.device, stop: StopSi
         print(file=sys.stderr)
     env.close()
     return returns, lengths, at_cap
+
+
+def network_fingerprint(q_network: nn.Module) -> str:
+    """A hash of the network's weights in logical (NCHW) order: tells a saved evaluation's network from another."""
+    digest = hashlib.sha256()
+    for name, tensor in q_network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_evaluation_progress(path: str, network: str, epsilon: float) -> dict | None:
+    """The games an interrupted evaluation saved at ``path``, if they are of this network and epsilon."""
+    if not os.path.exists(path):
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as error:  # a file cut short by a crash: the games are played again
+        print(f"warning: cannot read {path} ({type(error).__name__}); the evaluation starts over", file=sys.stderr)
+        return None
+    if saved["network"] != network or saved["epsilon"] != epsilon:
+        print(f"{path} is of another network or epsilon; the evaluation starts over", file=sys.stderr)
+        return None
+    return saved
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -861,6 +902,16 @@ def restore_rng_state(state: dict, rng: np.random.Generator, device: torch.devic
     if device.type == "cuda" and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
     rng.bit_generator.state = state["generator"]
+
+
+def write_atomically(path: str, payload: dict) -> None:
+    """torch.save through a temporary file, so that a crash leaves the old file or the new one, never half of one;
+    on a disk error, a warning (what the file would have saved is played or computed again later)."""
+    try:
+        torch.save(payload, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except OSError as error:
+        print(f"\nwarning: could not write {path} ({error})", file=sys.stderr)
 
 
 def save_checkpoint(checkpoint: dict, run_dir: str) -> bool:
@@ -1177,15 +1228,18 @@ def save_model(q_network: QNetwork, args: Args, run_dir: str) -> None:
 
 
 EVALUATED = "evaluation.json"  # in the run folder once the final evaluation is complete
+EVALUATING = "evaluation.partial.pt"  # the games of an evaluation still going on, or interrupted
 
 
 def evaluate_and_log(q_network: QNetwork, args: Args, writer, device: torch.device, run_dir: str,
                      stop: StopSignal) -> None:
-    """The final evaluation, logged only once complete (an interrupted one is played again on --resume)."""
+    """The final evaluation, logged only once complete; an interrupted one goes on after its last finished game on
+    --resume (the game it was playing is played again)."""
     print(f"evaluating: {args.eval_episodes} full games at epsilon {args.eval_epsilon:g}", file=sys.stderr)
-    returns, lengths, at_cap = evaluate(q_network, args, device, stop)
+    progress_path = os.path.join(run_dir, EVALUATING)
+    returns, lengths, at_cap = evaluate(q_network, args, device, stop, progress_path=progress_path)
     if len(returns) < args.eval_episodes:
-        print(f"evaluation interrupted after {len(returns)} of {args.eval_episodes} games; --resume plays it again",
+        print(f"evaluation interrupted after {len(returns)} of {args.eval_episodes} games; --resume goes on from there",
               file=sys.stderr)
         return
     for episode, (episodic_return, length) in enumerate(zip(returns, lengths)):
@@ -1193,6 +1247,8 @@ def evaluate_and_log(q_network: QNetwork, args: Args, writer, device: torch.devi
         writer.add_scalar("eval/episodic_length", length, episode)
     with open(os.path.join(run_dir, EVALUATED), "w") as file:
         json.dump({"epsilon": args.eval_epsilon, "returns": returns, "lengths": lengths, "at_cap": at_cap}, file)
+    if os.path.exists(progress_path):
+        os.remove(progress_path)
     capped = f"; {sum(at_cap)} of them cut by the {args.max_episode_steps:,}-step cap" if any(at_cap) else ""
     print(f"evaluation over {len(returns)} episodes: mean return {np.mean(returns):.1f}{capped}")
 

@@ -350,6 +350,66 @@ def test_evaluation_plays_full_games_at_the_eval_epsilon(monkeypatch):
     assert at_cap == [False]
 
 
+def test_an_interrupted_evaluation_goes_on_with_the_games_an_unbroken_one_plays(tmp_path, capsys, monkeypatch):
+    import dataclasses
+    import types
+
+    import dqn_redo
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(0)
+    q_network, cpu = QNetwork(6), torch.device("cpu")
+    # Sticky actions and epsilon 0.5: the emulator's and the policy's random draws both decide every game; its
+    # demons move from the first frame, so a game's start differs with the no-ops before it.
+    args = Args(env_id="DemonAttack-v4", eval_episodes=3, eval_epsilon=0.5, max_episode_steps=60)
+
+    def recording(actions: list, stop_after_games: int | None = None):
+        """Records each step's action, the observation it was chosen on and the emulator's RAM after it."""
+        ends = []
+
+        def on_step(env, action, reward, terminated, truncated):
+            actions.append((action, seen.pop(), env.unwrapped.ale.getRAM().tobytes()))
+            ends.append(terminated or truncated)
+            return sum(ends) == stop_after_games
+        return on_step
+
+    seen, act = [], dqn_redo.act
+
+    def seeing_act(q_network, obs, *rest):
+        seen.append(obs.tobytes())
+        return act(q_network, obs, *rest)
+
+    monkeypatch.setattr(dqn_redo, "act", seeing_act)
+
+    unbroken_actions, first_actions, rest_actions = [], [], []
+    unbroken = dqn_redo.evaluate(q_network, args, cpu, on_step=recording(unbroken_actions))
+    path = str(tmp_path / dqn_redo.EVALUATING)
+    first = dqn_redo.evaluate(q_network, args, cpu, on_step=recording(first_actions, 2), progress_path=path)
+    assert first == tuple(games[:2] for games in unbroken)
+    resumed = dqn_redo.evaluate(q_network, args, cpu, on_step=recording(rest_actions), progress_path=path)
+    assert "continuing the evaluation after game 2" in capsys.readouterr().err
+    assert resumed == unbroken and first_actions + rest_actions == unbroken_actions
+    assert len({action for action, _, _ in unbroken_actions}) == 6 and unbroken[1] == [60, 60, 60]  # all capped
+    # Fewer games asked for: the first ones saved, none played.
+    fewer = dqn_redo.evaluate(q_network, dataclasses.replace(args, eval_episodes=2), cpu,
+                              on_step=recording(extra := []), progress_path=path)
+    assert fewer == tuple(games[:2] for games in unbroken) and extra == []
+    # Another network (say, trained further after the interruption): the saved games are not its own.
+    with torch.no_grad():
+        q_network.q.bias[3] += 10.0
+    again_actions, fresh_actions = [], []
+    again = dqn_redo.evaluate(q_network, args, cpu, on_step=recording(again_actions), progress_path=path)
+    assert "of another network or epsilon; the evaluation starts over" in capsys.readouterr().err
+    assert again == dqn_redo.evaluate(q_network, args, cpu, on_step=recording(fresh_actions))
+    assert again_actions == fresh_actions != unbroken_actions and len(again_actions) == 180
+    # A complete evaluation is logged once and its progress file removed.
+    writer = SummaryWriter(str(tmp_path / "events"))
+    dqn_redo.evaluate_and_log(q_network, args, writer, cpu, str(tmp_path), types.SimpleNamespace(signum=None))
+    writer.close()
+    assert json.loads((tmp_path / dqn_redo.EVALUATED).read_text())["returns"] == again[0]
+    assert not os.path.exists(path)
+
+
 def test_the_progress_line_shows_a_dash_not_nan_before_anything_is_known(capsys):
     from dqn_redo import Progress
 
