@@ -19,8 +19,7 @@ SHORT = ["--env-id", "Pong-v4", "--learning-starts", "500", "--buffer-size", "20
 
 
 def offline_env(tmp_path: Path) -> dict:
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
-            "OMP_NUM_THREADS": "2"}
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
 
 
 def test_track_offline_mirrors_the_config_and_scalars_and_a_resume_continues_the_same_wandb_run(tmp_path):

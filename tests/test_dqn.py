@@ -20,8 +20,7 @@ LAYERS = ["conv1", "conv2", "conv3", "fc1"]
 
 
 def run_script(cwd: Path, *flags: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, str(ROOT / "dqn_redo.py"), *flags], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, str(ROOT / "dqn_redo.py"), *flags], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -50,16 +49,12 @@ SMALL_RUN = ["--total-timesteps", "3000", "--learning-starts", "1000", "--buffer
              "--batch-size", "8", "--srank-states", "128"]  # small batches: a fast suite
 
 
-@pytest.fixture(scope="module")
-def redo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
-    cwd = tmp_path_factory.mktemp("e2e")
-    result = run_script(cwd, "--env-id", "DemonAttack-v4", "--enable-redo", *SMALL_RUN)
+def test_end_to_end_logs_every_tag_with_sane_values(tmp_path):
+    """One short ReDo run on the real game: every tag, the closing lines, the values. One test, because a run shared
+    through a module-scoped fixture would be made once per pytest-xdist worker."""
+    result = run_script(tmp_path, "--env-id", "DemonAttack-v4", "--enable-redo", *SMALL_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result, scalars(only_run(cwd))
-
-
-def test_end_to_end_logs_every_tag(redo_run):
-    result, logged = redo_run
+    logged = scalars(only_run(tmp_path))
     expected = ["charts/episodic_return", "charts/episodic_length", "charts/epsilon", "charts/SPS",
                 "losses/td_loss", "losses/q_values", "charts/gradient_steps", "redo/recycled/total"]
     expected += [f"dormant/tau={tau}/{layer}" for tau in ("0", "0.025", "0.1") for layer in LAYERS + ["total"]]
@@ -76,9 +71,6 @@ def test_end_to_end_logs_every_tag(redo_run):
     assert only_run_name(result).startswith("DemonAttack-v4__dqn_redo_rr0.25__1__")  # the arm and replay ratio
     assert "step 3,000/3,000" in result.stderr and "SPS" in result.stderr and "ETA" in result.stderr
 
-
-def test_end_to_end_values_are_sane(redo_run):
-    _, logged = redo_run
     # 2000 training steps at replay ratio 0.25: exactly 500 gradient steps.
     assert logged["charts/gradient_steps"][-1] == (2999, 500)
     # Dormant fractions at the first training step, before any update, then every 50 gradient steps.
