@@ -114,3 +114,16 @@ def test_redo_installs_with_pip_and_imports_from_anywhere(tmp_path):
     assert out[0].startswith(str(venv)) and out[0].endswith("site-packages/redo.py")
     assert out[1] == "['torch>=2.1']"  # torch is its only dependency
     assert out[2] == str(sorted(["dormant_scores", "dormant_fractions", "dormant_overlap", "srank", "recycle_dormant"]))
+
+
+def test_under_the_readme_test_command_each_worker_and_its_scripts_use_one_thread():
+    """The README's test command runs one pytest-xdist worker per core; tests/conftest.py gives each worker, and
+    every process it starts, one torch thread, so that the workers do not share cores."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("checks the README's test command, which runs the suite under pytest-xdist (-n auto)")
+    import torch
+
+    assert torch.get_num_threads() == 1
+    child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True,
+                           text=True, timeout=120)
+    assert child.stdout.strip() == "1", child.stderr[-2000:]
