@@ -105,6 +105,7 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.activation = activation
         self.layers: dict[int, _Layer] = {}  # by id(weight)
+        self.named: dict[str, _Layer] = {}  # every layer by name: one entry per name, whatever calls find it
         self.next_id = 0
         for name, module in model.named_modules():
             # A parametrized layer's weight is computed at each call: it is named when it runs (foreign_layer).
@@ -127,6 +128,7 @@ class _Tracer(TorchFunctionMode):
         layer = _Layer(name, module, self.next_id, size, conv, abs_sum=torch.zeros(size, dtype=torch.double,
                        device=device), count=torch.zeros(size, dtype=torch.long, device=device))
         self.next_id += size
+        self.named[name] = layer
         return layer
 
     def foreign_layer(self, func, weight: Tensor) -> _Layer:
@@ -134,13 +136,16 @@ class _Tracer(TorchFunctionMode):
         running it (e.g. a NoisyLinear computing mu + sigma * epsilon), scored, never recycled."""
         name, module = self.running[-1] if self.running else (f"<{func.__name__} call {len(self.foreign) + 1}>", None)
         if name not in self.foreign:
-            layer = self.new_layer(name, module, weight.shape[0], func is F.conv2d, weight.device)
+            layer = self.named.get(name)  # e.g. an nn.Linear subclass that computes its weight (a mask, a noise)
+            weight_is = "computed from its own" if layer else "that is not an nn.Linear/nn.Conv2d weight"
+            if layer is None:
+                layer = self.new_layer(name, module, weight.shape[0], func is F.conv2d, weight.device)
+                self.by_first_id.append(layer)  # ids keep increasing along this list
             kind = type(module).__name__ if module is not None else "a functional call"
             layer.foreign = True
-            layer.fail(f"'{name}' ({kind}) computes its output with {func.__name__} on a weight that is not an "
-                       "nn.Linear/nn.Conv2d weight, so ReDo cannot re-draw its neurons' incoming weights")
+            layer.fail(f"'{name}' ({kind}) computes its output with {func.__name__} on a weight {weight_is}, so ReDo "
+                       "cannot re-draw its neurons' incoming weights")
             self.foreign[name] = layer
-            self.by_first_id.append(layer)  # ids keep increasing along this list
         return self.foreign[name]
 
     def unhandled_layer(self, name: str, parameter: str, result: Any, tensors: list[Tensor]) -> None:
@@ -151,15 +156,22 @@ class _Tracer(TorchFunctionMode):
         owner = parameter.rsplit(".", 1)[0] if "." in parameter else parameter
         module = self.modules[owner] if owner != parameter else None
         if owner not in self.unhandled:
-            layer = self.new_layer(owner, module, 1, False, tensors[0].device)
-            layer.unhandled = True
             kind = type(module).__name__ if module is not None else "a parameter"
-            layer.fail(f"'{owner}' ({kind}) computes {name}, a layer ReDo cannot score or recycle (it handles "
-                       f"nn.Linear and nn.Conv2d), and another layer reads it; pass skip=['{owner}'] to score the "
+            layer = self.named.get(owner)  # e.g. an nn.Linear whose weight an einsum takes
+            if layer is None:
+                layer = self.new_layer(owner, module, 1, False, tensors[0].device)
+                self.by_first_id.append(layer)
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                what = (f"is applied with {name}, not with its forward, F.linear or F.conv2d, so ReDo can neither "
+                        "score nor recycle it")
+            else:
+                what = f"computes {name}, a layer ReDo cannot score or recycle (it handles nn.Linear and nn.Conv2d)"
+            layer.unhandled = True
+            layer.fail(f"'{owner}' ({kind}) {what}, and another layer reads it; pass skip=['{owner}'] to score the "
                        "other layers without it")
             self.unhandled.add(owner)
-            self.by_first_id.append(layer)
-            self.order.append(layer)
+            if not layer.ran:  # one that ran is in the order already
+                self.order.append(layer)
         self.read_through(owner, tensors)
         self.taken.update(id(t) for t in tensors)
         reasons = {**self.sources(result), owner: "is a layer ReDo cannot score or recycle"}
@@ -303,7 +315,7 @@ class _Tracer(TorchFunctionMode):
         """Records that ``reader`` reads the layers behind the opaque tensors in ``value``: through a residual sum
         (their neurons' weights are not their own), or through an operation ReDo cannot edit (refused)."""
         for name, reason in self.sources(value).items():
-            source = next(layer for layer in self.by_first_id if layer.name == name)
+            source = self.named[name]
             source.readers.setdefault(reader, torch.full((1,), _NONE))
             if reason == "residual":
                 source.residual = True
@@ -336,8 +348,10 @@ class _Tracer(TorchFunctionMode):
                            "if the network applies another nonlinearity)")
             if reader.foreign:
                 kind = type(reader.module).__name__ if reader.module is not None else "a functional call"
-                layer.fail(f"'{reader.name}' ({kind}), which reads '{layer.name}', is not an nn.Linear/nn.Conv2d, so "
-                           f"the outgoing weights of '{layer.name}''s neurons cannot be zeroed")
+                what = ("computes the weight it applies" if isinstance(reader.module, (nn.Linear, nn.Conv2d))
+                        else "is not an nn.Linear/nn.Conv2d")
+                layer.fail(f"'{reader.name}' ({kind}), which reads '{layer.name}', {what}, so the outgoing weights of "
+                           f"'{layer.name}''s neurons cannot be zeroed")
             elif reader.conv and reader.module.groups != 1:
                 layer.fail(f"'{reader.name}', which reads '{layer.name}', is a grouped convolution "
                            f"(groups={reader.module.groups})")
@@ -425,9 +439,7 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]  # e.g. batch norm's running statistics
     hooks = []  # which module runs: names the layer of an F.linear/F.conv2d on a weight of no nn.Linear/nn.Conv2d
     for name, module in model.named_modules():
-        parametrized = hasattr(module, "parametrizations")  # e.g. a spectrally normalized nn.Linear
-        if parametrized or (not isinstance(module, (nn.Linear, nn.Conv2d))
-                            and next(module.parameters(recurse=False), None) is not None):
+        if next(module.parameters(recurse=False), None) is not None or hasattr(module, "parametrizations"):
             hooks.append(module.register_forward_pre_hook(
                 lambda module, args, name=name: tracer.running.append((name, module))))
             hooks.append(module.register_forward_hook(lambda *_: tracer.running.pop() and None, always_call=True))

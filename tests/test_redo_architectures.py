@@ -1153,3 +1153,71 @@ def test_a_spectrally_normalized_layer_is_scored_as_a_foreign_layer_not_refused_
     message = "cannot recycle: 'fc1' (ParametrizedLinear) computes its output with linear on a weight that is not an "
     with pytest.raises(ValueError, match=re.escape(message)):
         recycle_dormant(model, None, x, tau=0.5)
+
+
+class EinsumCritic(nn.Module):
+    """A critic whose second nn.Linear is applied with einsum on its weight instead of its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 1)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        return self.out(F.relu(torch.einsum("bi,oi->bo", h, self.fc2.weight) + self.fc2.bias))
+
+
+def test_an_nn_linear_applied_with_einsum_is_refused_by_its_name_not_left_out():
+    # Its weight is taken by einsum, so it counts as run; it was once refused under a second entry of the same name
+    # that no layer read, and scoring returned fc1 alone.
+    torch.manual_seed(0)
+    model, x = EinsumCritic(), torch.randn(32, 8)
+    message = ("'fc2' (Linear) is applied with einsum, not with its forward, F.linear or F.conv2d, so ReDo can "
+               "neither score nor recycle it, and another layer reads it; pass skip=['fc2'] to score the other layers "
+               "without it")
+    with pytest.raises(ValueError) as error:
+        dormant_scores(model, x)
+    assert str(error.value) == message
+    assert list(dormant_scores(model, x, skip=["fc2"])) == ["fc1"]
+    assert_refused_unchanged(model, x, "cannot recycle: 'fc1' goes through einsum before 'out' reads it", skip=["fc2"])
+
+
+class MaskedLinear(nn.Linear):
+    """An nn.Linear that applies its weight through a fixed binary mask, as pruning code does."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.register_buffer("mask", (torch.rand_like(self.weight) > 0.3).float())
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MaskedCritic(nn.Module):
+    def __init__(self, masked: str):
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 1)
+        setattr(self, masked, MaskedLinear(*{"fc1": (8, 32), "fc2": (32, 32)}[masked]))
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+@pytest.mark.parametrize("masked", ["fc1", "fc2"])
+def test_an_nn_linear_subclass_that_computes_its_weight_is_scored_under_its_name_and_refused_for_recycling(masked):
+    # It was taken for a layer that did not run (its F.linear named no module), and scoring refused it as such.
+    torch.manual_seed(0)
+    model, x = MaskedCritic(masked), torch.randn(32, 8)
+    scores = dormant_scores(model, x)
+    assert list(scores) == ["fc1", "fc2"]
+    with torch.no_grad():
+        activations = {"fc1": F.relu(model.fc1(x))}
+        activations["fc2"] = F.relu(model.fc2(activations["fc1"]))
+    for name, activation in activations.items():
+        mean_abs = activation.abs().mean(dim=0)
+        torch.testing.assert_close(scores[name], mean_abs / (mean_abs.mean() + 1e-9))
+    message = {"fc1": "cannot recycle: 'fc1' (MaskedLinear) computes its output with linear on a weight computed from "
+                      "its own, so ReDo cannot re-draw its neurons' incoming weights",
+               "fc2": "cannot recycle: 'fc2' (MaskedLinear), which reads 'fc1', computes the weight it applies, so the "
+                      "outgoing weights of 'fc1''s neurons cannot be zeroed"}[masked]
+    assert_refused_unchanged(model, x, message)
