@@ -28,13 +28,14 @@ Example::
 
 The graph is read from one real forward pass under a ``TorchFunctionMode`` that follows every element
 of every ``nn.Linear``/``nn.Conv2d`` output to the layers that read it: through reshapes, flattens in
-any order, slicing, concatenation, zero padding, pooling, dropout and scaling, each reader's columns
-(or input channels) that hold a neuron are found exactly. Layers read by no other are output layers
-(any number): never scored or recycled. Residual-stream writers are named in
-``result["not_recyclable"]`` and left alone; whatever else cannot be recycled exactly (normalization,
+any order, slicing, concatenation, zero padding, pooling, reductions over positions (``x.mean((2, 3))``),
+dropout and scaling, each reader's columns (or input channels) that hold a neuron are found exactly.
+Layers read by no other are output layers (any number): never scored or recycled. Residual-stream
+writers are named in ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled exactly (normalization,
 a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing operation) raises
 ``ValueError`` naming the layer, before anything changes. So does a hidden layer of another kind (any operation
-on a parameter that makes neurons: ``nn.Conv1d``, ``nn.LSTM``, ``x @ W``, ...), in scoring too, unless it is
+on a parameter that makes neurons: ``nn.Conv1d``, ``nn.LSTM``, ``x @ W``, an ``nn.Linear`` whose weight an
+``einsum`` takes, a broadcast product ``h[:, None] * W``, ...), in scoring too, unless it is
 named in ``skip``, and so does an ``nn.Linear``/``nn.Conv2d`` that does not run in the pass (in recycling even if
 skipped: it may read a recycled neuron): no layer is ever left out silently. See the README for the supported
 architectures.
@@ -70,7 +71,10 @@ _POOLS = set("""max_pool1d max_pool2d avg_pool1d avg_pool2d adaptive_max_pool1d 
 _NORMS = set("layer_norm batch_norm group_norm instance_norm rms_norm local_response_norm".split())
 _SUMS = set("add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_".split())
 _KEEP_IDS = set("float double half bfloat16 to type type_as contiguous clone detach".split())  # same shape, same ids
-_KNOWN = _MOVES | _SCALINGS | _POOLS | _NORMS | _SUMS  # anything else may be the activation
+# Reductions over some dimensions (a global average pool written x.mean((2, 3))); each maps a dormant neuron's zeros
+# to zero, as a pool does (logsumexp would not). Over a parameter: a layer.
+_REDUCTIONS = set("mean sum nansum nanmean amax amin max min".split())
+_KNOWN = _MOVES | _SCALINGS | _POOLS | _NORMS | _SUMS | _REDUCTIONS  # anything else may be the activation
 # Operations that may take a parameter without making neurons of their own (a learned gain, an input norm, an
 # embedding lookup, a log-std's exp); any other operation on a parameter is a layer ReDo does not handle.
 _NEURON_FREE = _MOVES | _SCALINGS | _SUMS | _NORMS | set("""embedding exp log softplus sigmoid tanh relu clamp clip
@@ -239,8 +243,13 @@ class _Tracer(TorchFunctionMode):
             return self.run_layer(func, layer, args, kwargs)
         name = getattr(func, "__name__", str(func))
         parameter = next((self.parameters[id(t)][1] for t in tensors if id(t) in self.parameters), None)
+        # A product that broadcasts a hidden layer against a parameter to more elements, as (h[:, None] * W).sum(-1)
+        # does, makes neurons of its own; a gain keeps the shape.
+        hidden = [t.numel() for t in tensors if id(t) in self.ids or id(t) in self.opaque]
+        product = (parameter is not None and name in _SCALINGS and bool(hidden)
+                   and torch.broadcast_shapes(*(t.shape for t in tensors)).numel() > max(hidden))
         # A parametrization (spectral or weight norm) computes a weight for F.linear/F.conv2d, which names that layer.
-        if parameter is not None and name not in _NEURON_FREE and "parametrizations." not in parameter:
+        if parameter is not None and (name not in _NEURON_FREE or product) and "parametrizations." not in parameter:
             result = func(*args, **kwargs)
             if any(isinstance(item, Tensor) for item in tree_flatten(result)[0]):
                 if tracked:  # it reads a hidden layer: that layer goes through it
@@ -270,7 +279,9 @@ class _Tracer(TorchFunctionMode):
         elif name in _SCALINGS and len(tracked) == 1 and all(t is tracked[0] or t.numel() == 1 for t in tensors):
             self.ids[id(result)] = (result, self.ids[id(tracked[0])][1])
         elif name in _POOLS and len(tracked) == 1:
-            self.pool(result, tracked[0], pooled_dims=1 if "1d" in name else 2)
+            self.pool(name, result, tracked[0], pooled_dims=1 if "1d" in name else 2)
+        elif name in _REDUCTIONS and tensors == tracked and len(tracked) == 1:  # not torch.max(x, y)
+            self.reduce(name, args, kwargs, result, tracked[0])
         elif name in _NORMS:
             for layer in self.layers_in(self.ids[id(tracked[0])][1]):
                 layer.fail(f"'{layer.name}' is followed by {name}, which mixes the layer's neurons, so recycling "
@@ -386,16 +397,40 @@ class _Tracer(TorchFunctionMode):
             if isinstance(item, Tensor) and isinstance(item_ids, Tensor) and item.shape == item_ids.shape:
                 self.ids[id(item)] = (item, item_ids)
 
-    def pool(self, result: Any, x: Tensor, pooled_dims: int) -> None:
+    def pool(self, name: str, result: Any, x: Tensor, pooled_dims: int) -> None:
         ids = self.ids[id(x)][1]
         flat = ids.reshape(*ids.shape[:-pooled_dims], -1)
         channel_ids = flat.amax(dim=-1)
         if ((flat != channel_ids[..., None]) & (flat != _NONE)).any():
-            self.mark_opaque(result, [x], "is pooled across neurons")
+            self.mark_opaque(result, [x], "is pooled across neurons", unknown_reader=name)
             return
         values = result[0] if isinstance(result, tuple) else result  # max_pool(..., return_indices=True)
         pooled_ids = channel_ids.reshape(*channel_ids.shape, *[1] * pooled_dims)
         self.ids[id(values)] = (values, pooled_ids.expand(values.shape))
+
+    def reduce(self, name: str, args: tuple, kwargs: dict, result: Any, x: Tensor) -> None:
+        """Like a pool: each neuron's elements may be reduced together, never two neurons' (a mean over channels)."""
+        ids = self.ids[id(x)][1]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+        if dim is None or (isinstance(dim, (tuple, list)) and not dim):  # the whole tensor
+            dims = list(range(ids.dim()))
+        elif isinstance(dim, int) or (isinstance(dim, (tuple, list)) and all(isinstance(d, int) for d in dim)):
+            dims = [dim] if isinstance(dim, int) else list(dim)
+        else:  # a dimension by name
+            self.mark_opaque(result, [x], f"goes through {name}", unknown_reader=name)
+            return
+        dims = sorted({d % ids.dim() for d in dims})
+        kept = [d for d in range(ids.dim()) if d not in dims]
+        flat = ids.permute(*kept, *dims).reshape(*[ids.shape[d] for d in kept], -1)
+        reduced = flat.amax(dim=-1)
+        if ((flat != reduced[..., None]) & (flat != _NONE)).any():
+            self.mark_opaque(result, [x], f"is reduced across neurons by {name}", unknown_reader=name)
+            return
+        if keepdim:
+            reduced = reduced.reshape([1 if d in dims else size for d, size in enumerate(ids.shape)])
+        values = result[0] if isinstance(result, tuple) else result  # max(x, dim) returns (values, indices)
+        self.ids[id(values)] = (values, reduced)
 
     def activate(self, result: Tensor, x: Tensor) -> None:
         full_ids, abs_values = self.ids[id(x)][1], result.detach().abs()

@@ -1221,3 +1221,92 @@ def test_an_nn_linear_subclass_that_computes_its_weight_is_scored_under_its_name
                "fc2": "cannot recycle: 'fc2' (MaskedLinear), which reads 'fc1', computes the weight it applies, so the "
                       "outgoing weights of 'fc1''s neurons cannot be zeroed"}[masked]
     assert_refused_unchanged(model, x, message)
+
+
+class GlobalPooledCNN(nn.Module):
+    """A conv encoder whose channels are pooled over all positions by a reduction rather than a pooling op, as
+    many image encoders write it; each spelling keeps one value per channel for the Linear that reads it."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.spelling = spelling
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3)
+        self.fc, self.out = nn.Linear(16, 32), nn.Linear(32, 2)
+
+    def forward(self, x):
+        h = F.relu(self.conv2(F.relu(self.conv1(x))))
+        pooled = {"mean": lambda: h.mean((2, 3)),
+                  "amax": lambda: torch.amax(h, dim=(-2, -1)),
+                  "sum keepdim": lambda: h.sum(dim=(2, 3), keepdim=True).flatten(1),
+                  "max values": lambda: h.flatten(2).max(dim=-1).values,
+                  "logsumexp": lambda: torch.logsumexp(h.flatten(2), 2)}[self.spelling]()  # log(n) for zeros
+        return self.out(F.relu(self.fc(pooled)))
+
+
+@pytest.mark.parametrize("spelling", ["mean", "amax", "sum keepdim", "max values"])
+def test_a_global_pool_written_as_a_reduction_is_recycled_exactly(spelling):
+    # Refused for recycling ("goes through mean before 'fc' reads it") until reductions were followed like pools.
+    torch.manual_seed(0)
+    check_exact_recycling(GlobalPooledCNN(spelling), torch.randn(32, 3, 8, 8),
+                          dormant={"conv1": [2], "conv2": [0, 9, 15], "fc": [4]}, hidden=["conv1", "conv2", "fc"],
+                          readers={"conv1": ["conv2"], "conv2": ["fc"], "fc": ["out"]})
+
+
+class DeepSetsMaxCritic(DeepSetsCritic):
+    """The set encoder with the max over entities written as a reduction."""
+
+    def forward(self, x):
+        return self.out(F.relu(self.rho(F.relu(self.phi(x)).max(dim=1).values)))
+
+
+def test_deep_sets_max_over_entities_as_a_reduction():
+    torch.manual_seed(0)
+    check_exact_recycling(DeepSetsMaxCritic(), torch.randn(64, 5, 6), dormant={"phi": [0, 31], "rho": [4]},
+                          hidden=["phi", "rho"], readers={"phi": ["rho"], "rho": ["out"]})
+
+
+class ChannelMeanCNN(GlobalPooledCNN):
+    """A reduction across the channels, which mixes neurons: a mean over dim 1 before the flatten."""
+
+    def forward(self, x):
+        h = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.out(F.relu(self.fc(h.mean(dim=1, keepdim=True).flatten(1)[:, :16])))
+
+
+def test_a_reduction_across_neurons_is_scored_and_refused_for_recycling():
+    torch.manual_seed(0)
+    model, x = ChannelMeanCNN("mean"), torch.randn(32, 3, 8, 8)
+    assert list(dormant_scores(model, x)) == ["conv1", "conv2", "fc"]
+    assert_refused_unchanged(model, x, "cannot recycle: 'conv2' is reduced across neurons by mean before 'fc' reads it")
+
+
+class BroadcastProductLayer(nn.Module):
+    """A hidden layer written as a broadcast product with a parameter and a sum, h @ W.T in disguise."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(6, 16), nn.Linear(12, 3)
+        self.w = nn.Parameter(torch.randn(12, 16) * 0.2)
+
+    def forward(self, x):
+        return self.out(F.relu((F.relu(self.fc1(x))[:, None, :] * self.w).sum(-1)))
+
+
+def test_a_hidden_layer_made_by_a_broadcast_product_with_a_parameter_is_refused_by_name():
+    # Once left out in silence: scoring returned fc1 alone, without a word about w's 12 neurons.
+    torch.manual_seed(0)
+    model, x = BroadcastProductLayer(), torch.randn(16, 6)
+    with pytest.raises(ValueError) as error:
+        dormant_scores(model, x)
+    assert str(error.value) == ("'w' (a parameter) computes mul, a layer ReDo cannot score or recycle (it handles "
+                                "nn.Linear and nn.Conv2d), and another layer reads it; pass skip=['w'] to score the "
+                                "other layers without it")
+    assert list(dormant_scores(model, x, skip=["w"])) == ["fc1"]
+
+
+def test_a_reduction_that_maps_zeros_elsewhere_is_refused_for_recycling():
+    # logsumexp of a dormant channel's zeros is log(n): zeroing its outgoing weights would change the outputs.
+    torch.manual_seed(0)
+    model, x = GlobalPooledCNN("logsumexp"), torch.randn(32, 3, 8, 8)
+    assert list(dormant_scores(model, x)) == ["conv1", "conv2", "fc"]
+    assert_refused_unchanged(model, x, "cannot recycle: 'conv2' goes through logsumexp before 'fc' reads it")
