@@ -109,7 +109,7 @@ class _Tracer(TorchFunctionMode):
         super().__init__()
         self.activation = activation
         self.layers: dict[int, _Layer] = {}  # by id(weight)
-        self.named: dict[str, _Layer] = {}  # every layer by name: one entry per name, whatever calls find it
+        self.named: dict[str, _Layer] = {}  # by name, the newest entry: the one opaque tensors' reasons mean
         self.next_id = 0
         for name, module in model.named_modules():
             # A parametrized layer's weight is computed at each call: it is named when it runs (foreign_layer).
@@ -138,33 +138,43 @@ class _Tracer(TorchFunctionMode):
     def foreign_layer(self, func, weight: Tensor) -> _Layer:
         """The layer of an F.linear/F.conv2d whose weight belongs to no nn.Linear/nn.Conv2d: named after the module
         running it (e.g. a NoisyLinear computing mu + sigma * epsilon), scored, never recycled."""
-        name, module = self.running[-1] if self.running else (f"<{func.__name__} call {len(self.foreign) + 1}>", None)
+        if self.running and self.running[-1][0]:
+            name, module = self.running[-1]
+        elif id(weight) in self.parameters:  # in the model's own forward (named ""): after the weight's owner
+            name, module = self.owner_of(self.parameters[id(weight)][1])
+        else:
+            name, module = f"<{func.__name__} call {len(self.foreign) + 1}>", None
         if name not in self.foreign:
             layer = self.named.get(name)  # e.g. an nn.Linear subclass that computes its weight (a mask, a noise)
             weight_is = "computed from its own" if layer else "that is not an nn.Linear/nn.Conv2d weight"
             if layer is None:
                 layer = self.new_layer(name, module, weight.shape[0], func is F.conv2d, weight.device)
                 self.by_first_id.append(layer)  # ids keep increasing along this list
-            kind = type(module).__name__ if module is not None else "a functional call"
+            kind = type(layer.module).__name__ if layer.module is not None else "a functional call"
             layer.foreign = True
             layer.fail(f"'{name}' ({kind}) computes its output with {func.__name__} on a weight {weight_is}, so ReDo "
                        "cannot re-draw its neurons' incoming weights")
             self.foreign[name] = layer
         return self.foreign[name]
 
+    def owner_of(self, parameter: str) -> tuple[str, nn.Module | None]:
+        """The module that owns a parameter (or a tensor computed from it) and its name; for a parameter of the
+        model itself, the parameter's name and None."""
+        if "." not in parameter:
+            return parameter, None
+        owner = parameter.rsplit(".", 1)[0]
+        return owner, self.modules[owner]
+
     def unhandled_layer(self, name: str, parameter: str, result: Any, tensors: list[Tensor]) -> None:
         """An operation on the model's parameter that is no nn.Linear/nn.Conv2d call (an nn.Conv1d, an nn.LSTM, an
         x @ W): a layer ReDo can neither score nor recycle. Its output is followed like a refused layer's, so that
         it is an error if another layer reads it (an output layer of this kind is fine: outputs are never scored)."""
-        # Named after the module that owns the parameter; a parameter of the model itself, after the parameter.
-        owner = parameter.rsplit(".", 1)[0] if "." in parameter else parameter
-        module = self.modules[owner] if owner != parameter else None
+        owner, module = self.owner_of(parameter)
         if owner not in self.unhandled:
             kind = type(module).__name__ if module is not None else "a parameter"
-            layer = self.named.get(owner)  # e.g. an nn.Linear whose weight an einsum takes
-            if layer is None:
-                layer = self.new_layer(owner, module, 1, False, tensors[0].device)
-                self.by_first_id.append(layer)
+            # An nn.Linear whose weight an einsum takes gets this entry under its name: read_through finds it.
+            layer = self.new_layer(owner, module, 1, False, tensors[0].device)
+            self.by_first_id.append(layer)
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 what = (f"is applied with {name}, not with its forward, F.linear or F.conv2d, so ReDo can neither "
                         "score nor recycle it")
@@ -174,8 +184,7 @@ class _Tracer(TorchFunctionMode):
             layer.fail(f"'{owner}' ({kind}) {what}, and another layer reads it; pass skip=['{owner}'] to score the "
                        "other layers without it")
             self.unhandled.add(owner)
-            if not layer.ran:  # one that ran is in the order already
-                self.order.append(layer)
+            self.order.append(layer)
         self.read_through(owner, tensors)
         self.taken.update(id(t) for t in tensors)
         reasons = {**self.sources(result), owner: "is a layer ReDo cannot score or recycle"}
@@ -412,25 +421,15 @@ class _Tracer(TorchFunctionMode):
         """Like a pool: each neuron's elements may be reduced together, never two neurons' (a mean over channels)."""
         ids = self.ids[id(x)][1]
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
-        if dim is None or (isinstance(dim, (tuple, list)) and not dim):  # the whole tensor
-            dims = list(range(ids.dim()))
-        elif isinstance(dim, int) or (isinstance(dim, (tuple, list)) and all(isinstance(d, int) for d in dim)):
-            dims = [dim] if isinstance(dim, int) else list(dim)
-        else:  # a dimension by name
-            self.mark_opaque(result, [x], f"goes through {name}", unknown_reader=name)
-            return
-        dims = sorted({d % ids.dim() for d in dims})
+        dims = {d % ids.dim() for d in ([dim] if isinstance(dim, int) else dim or range(ids.dim()))}  # None, (): all
         kept = [d for d in range(ids.dim()) if d not in dims]
         flat = ids.permute(*kept, *dims).reshape(*[ids.shape[d] for d in kept], -1)
         reduced = flat.amax(dim=-1)
         if ((flat != reduced[..., None]) & (flat != _NONE)).any():
             self.mark_opaque(result, [x], f"is reduced across neurons by {name}", unknown_reader=name)
             return
-        if keepdim:
-            reduced = reduced.reshape([1 if d in dims else size for d, size in enumerate(ids.shape)])
         values = result[0] if isinstance(result, tuple) else result  # max(x, dim) returns (values, indices)
-        self.ids[id(values)] = (values, reduced)
+        self.ids[id(values)] = (values, reduced.reshape(values.shape))  # with keepdim, the same ids
 
     def activate(self, result: Tensor, x: Tensor) -> None:
         full_ids, abs_values = self.ids[id(x)][1], result.detach().abs()

@@ -1310,3 +1310,106 @@ def test_a_reduction_that_maps_zeros_elsewhere_is_refused_for_recycling():
     model, x = GlobalPooledCNN("logsumexp"), torch.randn(32, 3, 8, 8)
     assert list(dormant_scores(model, x)) == ["conv1", "conv2", "fc"]
     assert_refused_unchanged(model, x, "cannot recycle: 'conv2' goes through logsumexp before 'fc' reads it")
+
+
+class WholeActivationStatistic(nn.Module):
+    """A critic that also returns a statistic of its whole hidden activation (e.g. for a regularizer)."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.spelling = spelling
+        self.fc1, self.fc2, self.out = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 1)
+
+    def forward(self, x):
+        h = F.relu(self.fc2(F.relu(self.fc1(x))))
+        statistic = {"mean": lambda: h.mean(), "amax dim=()": lambda: torch.amax(h, dim=()),
+                     "max_pool1d across features": lambda: F.max_pool1d(h[:, None], 4)}[self.spelling]()
+        return self.out(h), statistic
+
+
+@pytest.mark.parametrize("spelling", ["mean", "amax dim=()", "max_pool1d across features"])
+def test_a_reduction_of_a_whole_activation_that_reaches_the_outputs_is_refused_for_recycling(spelling):
+    torch.manual_seed(0)
+    model, x = WholeActivationStatistic(spelling), torch.randn(32, 8)
+    assert list(dormant_scores(model, x)) == ["fc1", "fc2"]
+    op = spelling.split()[0]
+    assert_refused_unchanged(model, x, f"cannot recycle: 'fc2' is read by out, and also by {op}, not by an "
+                                       "nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown")
+
+
+class PooledKeepdimConvHead(GlobalPooledCNN):
+    """A global pool kept 4-d (keepdim, positional) for a 1x1 convolution that reads it, as a squeeze step does."""
+
+    def __init__(self):
+        super().__init__("mean")
+        self.fc = nn.Conv2d(16, 32, 1)
+
+    def forward(self, x):
+        h = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.out(F.relu(self.fc(torch.sum(h, (2, 3), True))).flatten(1))
+
+
+def test_a_keepdim_global_pool_read_by_a_1x1_convolution_is_recycled_exactly():
+    torch.manual_seed(0)
+    check_exact_recycling(PooledKeepdimConvHead(), torch.randn(32, 3, 8, 8),
+                          dormant={"conv1": [2], "conv2": [0, 9, 15], "fc": [4]}, hidden=["conv1", "conv2", "fc"],
+                          readers={"conv1": ["conv2"], "conv2": ["fc"], "fc": ["out"]})
+
+
+class FunctionalWeights(nn.Module):
+    """F.linear from the model's own forward on a weight of no nn.Linear: a parameter of the model itself, a masked
+    nn.Linear weight, or a buffer of a submodule that does not run."""
+
+    def __init__(self, weight: str):
+        super().__init__()
+        self.weight = weight
+        self.fc1, self.fc2, self.out = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+        self.w = nn.Parameter(torch.randn(16, 16) * 0.3)
+        self.frozen = nn.Module()
+        self.frozen.register_buffer("w", torch.randn(16, 16) * 0.3)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        if self.weight == "masked":
+            w = self.fc2.weight * (torch.arange(16) % 2)
+        else:
+            w = {"parameter": self.w, "buffer": self.frozen.w}[self.weight]
+        return self.out(F.relu(F.linear(h, w)))
+
+
+@pytest.mark.parametrize("weight, name", [("parameter", "w"), ("masked", "fc2"), ("buffer", "<linear call 1>")])
+def test_a_functional_layer_in_the_models_own_forward_is_named_after_its_weight(weight, name):
+    # The model's own forward is named "": a root parameter's layer was scored under the name "".
+    torch.manual_seed(0)
+    model, x = FunctionalWeights(weight), torch.randn(32, 6)
+    skip = [] if weight == "masked" else ["fc2"]  # fc2 does not run
+    scores = dormant_scores(model, x, skip=skip)
+    assert list(scores) == ["fc1", name]
+    with torch.no_grad():
+        w = {"parameter": model.w, "buffer": model.frozen.w, "masked": model.fc2.weight * (torch.arange(16) % 2)}
+        mean_abs = F.relu(F.linear(F.relu(model.fc1(x)), w[weight])).abs().mean(dim=0)
+    torch.testing.assert_close(scores[name], mean_abs / (mean_abs.mean() + 1e-9))
+    if weight == "masked":  # fc2's own entry: scored under its name, not taken for a layer that did not run
+        with pytest.raises(ValueError) as error:
+            recycle_dormant(model, None, x, tau=0.5)
+        assert str(error.value) == ("cannot recycle: 'fc2' (Linear), which reads 'fc1', computes the weight it "
+                                    "applies, so the outgoing weights of 'fc1''s neurons cannot be zeroed")
+
+
+class SpectralNormCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.utils.parametrizations.spectral_norm(nn.Conv2d(3, 8, 3))
+        self.conv2, self.out = nn.Conv2d(8, 8, 3), nn.Linear(8 * 4 * 4, 2)
+
+    def forward(self, x):
+        return self.out(F.relu(self.conv2(F.relu(self.conv1(x)))).flatten(1))
+
+
+def test_a_spectrally_normalized_convolution_is_scored_per_channel():
+    torch.manual_seed(0)
+    model, x = SpectralNormCNN().eval(), torch.randn(16, 3, 8, 8)
+    scores = dormant_scores(model, x)
+    with torch.no_grad():
+        mean_abs = F.relu(model.conv1(x)).abs().mean(dim=(0, 2, 3))
+    torch.testing.assert_close(scores["conv1"], mean_abs / (mean_abs.mean() + 1e-9))
