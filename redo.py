@@ -31,14 +31,14 @@ of every ``nn.Linear``/``nn.Conv2d`` output to the layers that read it: through 
 any order, slicing, concatenation, zero padding, pooling, reductions over positions (``x.mean((2, 3))``),
 dropout and scaling, each reader's columns (or input channels) that hold a neuron are found exactly.
 Layers read by no other are output layers (any number): never scored or recycled. Residual-stream
-writers are named in ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled exactly (normalization,
-a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing operation) raises
-``ValueError`` naming the layer, before anything changes. So does a hidden layer of another kind (any operation
-on a parameter that makes neurons: ``nn.Conv1d``, ``nn.LSTM``, ``x @ W``, an ``nn.Linear`` whose weight an
-``einsum`` takes, a broadcast product ``h[:, None] * W``, ...), in scoring too, unless it is
-named in ``skip``, and so does an ``nn.Linear``/``nn.Conv2d`` that does not run in the pass (in recycling even if
-skipped: it may read a recycled neuron): no layer is ever left out silently. See the README for the supported
-architectures.
+writers are named in ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled
+exactly (normalization, a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing
+operation) raises ``ValueError`` naming the layer, before anything changes. So does a hidden layer of
+another kind (any operation on a parameter that makes neurons: ``nn.Conv1d``, ``nn.LSTM``, ``x @ W``, an
+``nn.Linear`` whose weight an ``einsum`` takes, a broadcast product ``h[:, None] * W``, ...), in scoring
+too, unless it is named in ``skip``, and so does an ``nn.Linear``/``nn.Conv2d`` that does not run in the
+pass (in recycling even if skipped: it may read a recycled neuron): no layer is ever left out silently.
+See the README for the supported architectures.
 """
 
 from __future__ import annotations
@@ -408,9 +408,8 @@ class _Tracer(TorchFunctionMode):
 
     def pool(self, name: str, result: Any, x: Tensor, pooled_dims: int) -> None:
         ids = self.ids[id(x)][1]
-        flat = ids.reshape(*ids.shape[:-pooled_dims], -1)
-        channel_ids = flat.amax(dim=-1)
-        if ((flat != channel_ids[..., None]) & (flat != _NONE)).any():
+        channel_ids = _one_neuron_each(ids, range(ids.dim() - pooled_dims, ids.dim()))
+        if channel_ids is None:
             self.mark_opaque(result, [x], "is pooled across neurons", unknown_reader=name)
             return
         values = result[0] if isinstance(result, tuple) else result  # max_pool(..., return_indices=True)
@@ -421,11 +420,8 @@ class _Tracer(TorchFunctionMode):
         """Like a pool: each neuron's elements may be reduced together, never two neurons' (a mean over channels)."""
         ids = self.ids[id(x)][1]
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        dims = {d % ids.dim() for d in ([dim] if isinstance(dim, int) else dim or range(ids.dim()))}  # None, (): all
-        kept = [d for d in range(ids.dim()) if d not in dims]
-        flat = ids.permute(*kept, *dims).reshape(*[ids.shape[d] for d in kept], -1)
-        reduced = flat.amax(dim=-1)
-        if ((flat != reduced[..., None]) & (flat != _NONE)).any():
+        reduced = _one_neuron_each(ids, [dim] if isinstance(dim, int) else dim or range(ids.dim()))  # None, (): all
+        if reduced is None:
             self.mark_opaque(result, [x], f"is reduced across neurons by {name}", unknown_reader=name)
             return
         values = result[0] if isinstance(result, tuple) else result  # max(x, dim) returns (values, indices)
@@ -453,6 +449,16 @@ class _Tracer(TorchFunctionMode):
                         layer.fail(f"'{layer.name}' is read by other layers and is also part of the model's output")
         self.ids.clear()
         self.opaque.clear()
+
+
+def _one_neuron_each(ids: Tensor, dims: Iterable[int]) -> Tensor | None:
+    """The element ids reduced over ``dims``, if each slice reduced holds one neuron's elements (or none), else
+    None."""
+    dims = {d % ids.dim() for d in dims}
+    kept = [d for d in range(ids.dim()) if d not in dims]
+    flat = ids.permute(*kept, *dims).reshape(*[ids.shape[d] for d in kept], -1)
+    reduced = flat.amax(dim=-1)
+    return None if ((flat != reduced[..., None]) & (flat != _NONE)).any() else reduced
 
 
 def _one_sample(ids: Tensor) -> Tensor:
