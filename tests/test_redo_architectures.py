@@ -1150,9 +1150,11 @@ def test_a_spectrally_normalized_layer_is_scored_as_a_foreign_layer_not_refused_
     with torch.no_grad():
         mean_abs = F.relu(model.fc1(x)).abs().mean(dim=0)
     torch.testing.assert_close(scores["fc1"], mean_abs / (mean_abs.mean() + 1e-9))
-    message = "cannot recycle: 'fc1' (ParametrizedLinear) computes its output with linear on a weight that is not an "
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError) as error:
         recycle_dormant(model, None, x, tau=0.5)
+    assert str(error.value) == ("cannot recycle: 'fc1' (ParametrizedLinear) computes its output with linear on a "
+                                "weight that is not an nn.Linear/nn.Conv2d weight, so ReDo cannot re-draw its "
+                                "neurons' incoming weights")
 
 
 class EinsumCritic(nn.Module):
@@ -1358,22 +1360,24 @@ def test_a_keepdim_global_pool_read_by_a_1x1_convolution_is_recycled_exactly():
 
 class FunctionalWeights(nn.Module):
     """F.linear from the model's own forward on a weight of no nn.Linear: a parameter of the model itself, a masked
-    nn.Linear weight, or a buffer of a submodule that does not run."""
+    nn.Linear weight, or a buffer of a submodule."""
 
     def __init__(self, weight: str):
         super().__init__()
         self.weight = weight
-        self.fc1, self.fc2, self.out = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)
-        self.w = nn.Parameter(torch.randn(16, 16) * 0.3)
-        self.frozen = nn.Module()
-        self.frozen.register_buffer("w", torch.randn(16, 16) * 0.3)
+        self.fc1, self.out = nn.Linear(6, 16), nn.Linear(16, 3)
+        if weight == "masked":
+            self.fc2 = nn.Linear(16, 16)
+        elif weight == "parameter":
+            self.w = nn.Parameter(torch.randn(16, 16) * 0.3)
+        else:
+            self.frozen = nn.Module()
+            self.frozen.register_buffer("w", torch.randn(16, 16) * 0.3)
 
     def forward(self, x):
         h = F.relu(self.fc1(x))
-        if self.weight == "masked":
-            w = self.fc2.weight * (torch.arange(16) % 2)
-        else:
-            w = {"parameter": self.w, "buffer": self.frozen.w}[self.weight]
+        w = {"parameter": lambda: self.w, "buffer": lambda: self.frozen.w,
+             "masked": lambda: self.fc2.weight * (torch.arange(16) % 2)}[self.weight]()
         return self.out(F.relu(F.linear(h, w)))
 
 
@@ -1382,18 +1386,19 @@ def test_a_functional_layer_in_the_models_own_forward_is_named_after_its_weight(
     # The model's own forward is named "": a root parameter's layer was scored under the name "".
     torch.manual_seed(0)
     model, x = FunctionalWeights(weight), torch.randn(32, 6)
-    skip = [] if weight == "masked" else ["fc2"]  # fc2 does not run
-    scores = dormant_scores(model, x, skip=skip)
-    assert list(scores) == ["fc1", name]
-    with torch.no_grad():
-        w = {"parameter": model.w, "buffer": model.frozen.w, "masked": model.fc2.weight * (torch.arange(16) % 2)}
-        mean_abs = F.relu(F.linear(F.relu(model.fc1(x)), w[weight])).abs().mean(dim=0)
+    scores = dormant_scores(model, x)
+    assert list(scores) == ["fc1", name]  # masked: fc2's own entry, not taken for a layer that did not run
+    with torch.no_grad():  # the layer's activation, computed here by hand
+        w = {"parameter": lambda: model.w, "buffer": lambda: model.frozen.w,
+             "masked": lambda: model.fc2.weight * (torch.arange(16) % 2)}[weight]()
+        mean_abs = F.relu(F.linear(F.relu(model.fc1(x)), w)).abs().mean(dim=0)
     torch.testing.assert_close(scores[name], mean_abs / (mean_abs.mean() + 1e-9))
-    if weight == "masked":  # fc2's own entry: scored under its name, not taken for a layer that did not run
-        with pytest.raises(ValueError) as error:
-            recycle_dormant(model, None, x, tau=0.5)
-        assert str(error.value) == ("cannot recycle: 'fc2' (Linear), which reads 'fc1', computes the weight it "
-                                    "applies, so the outgoing weights of 'fc1''s neurons cannot be zeroed")
+    kind, what = ("Linear", "computes the weight it applies") if weight == "masked" else (
+        "a functional call", "is not an nn.Linear/nn.Conv2d")
+    with pytest.raises(ValueError) as error:
+        recycle_dormant(model, None, x, tau=0.5)
+    assert str(error.value) == (f"cannot recycle: '{name}' ({kind}), which reads 'fc1', {what}, so the outgoing "
+                                "weights of 'fc1''s neurons cannot be zeroed")
 
 
 class SpectralNormCNN(nn.Module):
@@ -1413,3 +1418,25 @@ def test_a_spectrally_normalized_convolution_is_scored_per_channel():
     with torch.no_grad():
         mean_abs = F.relu(model.conv1(x)).abs().mean(dim=(0, 2, 3))
     torch.testing.assert_close(scores["conv1"], mean_abs / (mean_abs.mean() + 1e-9))
+
+
+class FunctionalFirstLayer(nn.Module):
+    """A first hidden layer computed with F.linear on a buffer, read by an nn.Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Module()
+        self.frozen.register_buffer("w", torch.randn(16, 6))
+        self.fc, self.out = nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc(F.relu(F.linear(x, self.frozen.w)))))
+
+
+def test_a_functional_first_layer_is_scored_and_refused_for_recycling_by_its_call():
+    torch.manual_seed(0)
+    model, x = FunctionalFirstLayer(), torch.randn(32, 6)
+    assert list(dormant_scores(model, x)) == ["<linear call 1>", "fc"]
+    assert_refused_unchanged(model, x, "cannot recycle: '<linear call 1>' (a functional call) computes its output "
+                                       "with linear on a weight that is not an nn.Linear/nn.Conv2d weight, so ReDo "
+                                       "cannot re-draw its neurons' incoming weights")
