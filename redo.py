@@ -254,9 +254,7 @@ class _Tracer(TorchFunctionMode):
         parameter = next((self.parameters[id(t)][1] for t in tensors if id(t) in self.parameters), None)
         # A product that broadcasts a hidden layer against a parameter to more elements, as (h[:, None] * W).sum(-1)
         # does, makes neurons of its own; a gain keeps the shape.
-        hidden = [t.numel() for t in tensors if id(t) in self.ids or id(t) in self.opaque]
-        product = (parameter is not None and name in _SCALINGS and bool(hidden)
-                   and torch.broadcast_shapes(*(t.shape for t in tensors)).numel() > max(hidden))
+        product = parameter is not None and name in _SCALINGS and self.broadcasts_hidden(tensors)
         # A parametrization (spectral or weight norm) computes a weight for F.linear/F.conv2d, which names that layer.
         if parameter is not None and (name not in _NEURON_FREE or product) and "parametrizations." not in parameter:
             result = func(*args, **kwargs)
@@ -307,6 +305,11 @@ class _Tracer(TorchFunctionMode):
                            "applies it, e.g. activation=nn.LeakyReLU(0.2))")
             self.mark_opaque(result, tracked, reason, unknown_reader=name)
         return result
+
+    def broadcasts_hidden(self, tensors: list[Tensor]) -> bool:
+        """Whether an elementwise product of ``tensors`` has more elements than the hidden tensor among them."""
+        hidden = [t.numel() for t in tensors if id(t) in self.ids or id(t) in self.opaque]
+        return bool(hidden) and torch.broadcast_shapes(*(t.shape for t in tensors)).numel() > max(hidden)
 
     def is_activation(self, func, args: tuple, kwargs: dict, x: Tensor) -> bool:
         """Whether ``func``, called as here, equals the activation beyond this batch's values too: so that ReLU6 or

@@ -1285,19 +1285,24 @@ def test_a_reduction_across_neurons_is_scored_and_refused_for_recycling():
 class BroadcastProductLayer(nn.Module):
     """A hidden layer written as a broadcast product with a parameter and a sum, h @ W.T in disguise."""
 
-    def __init__(self):
+    def __init__(self, normalized: bool = False):
         super().__init__()
+        self.normalized = normalized
         self.fc1, self.out = nn.Linear(6, 16), nn.Linear(12, 3)
         self.w = nn.Parameter(torch.randn(12, 16) * 0.2)
 
     def forward(self, x):
-        return self.out(F.relu((F.relu(self.fc1(x))[:, None, :] * self.w).sum(-1)))
+        h = F.relu(self.fc1(x))
+        h = F.normalize(h, dim=-1) if self.normalized else h  # an op ReDo cannot follow
+        return self.out(F.relu((h[:, None, :] * self.w).sum(-1)))
 
 
-def test_a_hidden_layer_made_by_a_broadcast_product_with_a_parameter_is_refused_by_name():
-    # Once left out in silence: scoring returned fc1 alone, without a word about w's 12 neurons.
+@pytest.mark.parametrize("normalized, states", [(False, 16), (False, 1), (True, 16)])
+def test_a_hidden_layer_made_by_a_broadcast_product_with_a_parameter_is_refused_by_name(normalized, states):
+    # Once left out in silence: scoring returned fc1 alone, without a word about w's 12 neurons. One state: the
+    # product has as many elements as w; normalized: the hidden layer comes through an op ReDo cannot follow.
     torch.manual_seed(0)
-    model, x = BroadcastProductLayer(), torch.randn(16, 6)
+    model, x = BroadcastProductLayer(normalized), torch.randn(states, 6)
     with pytest.raises(ValueError) as error:
         dormant_scores(model, x)
     assert str(error.value) == ("'w' (a parameter) computes mul, a layer ReDo cannot score or recycle (it handles "
