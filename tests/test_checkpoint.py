@@ -29,6 +29,7 @@ SMALL = ["--learning-starts", "200", "--buffer-size", "1000", "--replay-ratio", 
 DRQ = ["--preset", "drq-eps", "--eval-episodes", "0"]
 
 
+@pytest.mark.seconds(85)
 @pytest.mark.parametrize("preset", [[], DRQ], ids=["dqn", "drq-eps"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, preset):
     (tmp_path / "full").mkdir()
@@ -59,6 +60,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, preset):
     assert len(expected["losses/td_loss"]) == 20 and len(expected["redo/recycled/total"]) == 10
 
 
+@pytest.mark.seconds(20)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path, signum):
     process = subprocess.Popen(
@@ -81,6 +83,7 @@ def test_a_signal_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path, signum
     assert f"at step {step:,}" in resumed.stdout
 
 
+@pytest.mark.seconds(16)
 def test_a_second_signal_exits_at_once_without_a_checkpoint(tmp_path):
     big = [flag if flag != "1000" else "200000" for flag in SMALL]  # a 1.4 GB replay: a checkpoint takes seconds
     process = subprocess.Popen([sys.executable, str(ROOT / "dqn_redo.py"), *big, "--total-timesteps", "100000",
@@ -99,6 +102,7 @@ def test_a_second_signal_exits_at_once_without_a_checkpoint(tmp_path):
     assert error is None and checkpoint["global_step"] % 100 == 0
 
 
+@pytest.mark.seconds(14)
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # No log or ReDo check before step 400: the divergence is first seen by the periodic checkpoint there,
     # which must not be written; the step-200 one (warm-up, before any update) stays the newest.
@@ -111,6 +115,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in checkpoint["q_network"].values())
 
 
+@pytest.mark.seconds(24)
 def test_resume_with_incompatible_arguments_is_rejected(tmp_path):
     result = run_script(tmp_path, *SMALL, "--total-timesteps", "220", "--checkpoint-interval", "220")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -187,6 +192,7 @@ def test_env_state_restores_the_game_exactly(env_id):
     assert any(t[4] for t in expected if isinstance(t, tuple))  # and a whole game
 
 
+@pytest.mark.seconds(19)
 def test_resume_without_saved_replay_refills_and_goes_on(tmp_path):
     # The game resumes in the middle of an episode while the replay restarts empty.
     flags = [f for f in SMALL if f != "--checkpoint-buffer"]
@@ -224,6 +230,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running(tmp_path, m
         torch.load(run_dir / "checkpoint.pt", weights_only=True)
 
 
+@pytest.mark.seconds(46)
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     result = run_script(tmp_path, *SMALL, "--total-timesteps", "300", "--checkpoint-interval", "100")
     assert result.returncode == 0, result.stderr[-2000:]

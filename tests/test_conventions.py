@@ -22,6 +22,7 @@ def offline_env(tmp_path: Path) -> dict:
     return {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
 
 
+@pytest.mark.seconds(38)
 def test_track_offline_mirrors_the_config_and_scalars_and_a_resume_continues_the_same_wandb_run(tmp_path):
     env = offline_env(tmp_path)
     command = [sys.executable, str(ROOT / "dqn_redo.py"), *SHORT, "--track", "--wandb-project-name", "redo-test"]
@@ -63,6 +64,7 @@ def test_track_without_a_login_or_wandb_is_a_one_line_error_before_anything_is_m
                                                         "(pinned in requirements.txt)")
 
 
+@pytest.mark.seconds(30)
 def test_capture_video_records_a_whole_game_and_changes_nothing_the_agent_learns(tmp_path):
     flags = [*SHORT, "--total-timesteps", "1000", "--torch-threads", "1"]
     for name in ("plain", "video"):

@@ -49,6 +49,7 @@ SMALL_RUN = ["--total-timesteps", "3000", "--learning-starts", "1000", "--buffer
              "--batch-size", "8", "--srank-states", "128"]  # small batches: a fast suite
 
 
+@pytest.mark.seconds(58)
 def test_end_to_end_logs_every_tag_with_sane_values(tmp_path):
     """One short ReDo run on the real game: every tag, the closing lines, the values. One test, because a run shared
     through a module-scoped fixture would be made once per pytest-xdist worker."""
@@ -110,6 +111,7 @@ def only_run_name(result: subprocess.CompletedProcess) -> str:
     return result.stdout.split("\n")[0].split()[1].removeprefix("runs/")
 
 
+@pytest.mark.seconds(58)
 def test_same_seed_gives_identical_losses(tmp_path):
     flags = ["--total-timesteps", "800", "--learning-starts", "400", "--buffer-size", "2000", "--replay-ratio", "0.5",
              "--redo-interval", "40", "--log-interval", "10", "--enable-redo", "--torch-threads", "1", "--batch-size", "8",
@@ -128,6 +130,7 @@ def test_same_seed_gives_identical_losses(tmp_path):
     assert losses[0] == losses[1]
 
 
+@pytest.mark.seconds(53)
 def test_save_model_evaluate_and_replay_the_games_the_cap_cut(tmp_path):
     result = run_script(tmp_path, "--env-id", "Pong-v4", "--save-model", "--eval-episodes", "2",
                         "--max-episode-steps", "60", "--total-timesteps", "400", "--learning-starts", "200",
@@ -163,6 +166,7 @@ def test_save_model_evaluate_and_replay_the_games_the_cap_cut(tmp_path):
     assert outside.returncode == 2 and outside.stderr.startswith("error: --screens takes agent steps from 1 to")
 
 
+@pytest.mark.seconds(25)
 def test_a_final_evaluation_not_played_is_played_on_resume_and_only_once(tmp_path):
     flags = ["--env-id", "Pong-v4", "--total-timesteps", "300", "--learning-starts", "200", "--buffer-size", "1000",
              "--redo-batch-size", "64", "--srank-states", "64", "--no-compile"]

@@ -437,6 +437,7 @@ def test_a_torchscript_module_is_refused_by_name():
                                 "pass the module before scripting it")
 
 
+@pytest.mark.seconds(16)
 def test_a_compiled_model_is_scored_and_recycled_like_the_module_it_wraps():
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))

@@ -43,10 +43,10 @@ def test_grid_and_folder_names_are_one_to_one():
 
 
 @pytest.mark.slow
-def test_tiny_sweep_runs_skips_resumes_and_reports_failures(tmp_path):
+@pytest.mark.seconds(60)
+def test_tiny_sweep_runs_skips_and_reports_failures(tmp_path):
     """Both arms of a game end to end (the grid's other dimensions: test_grid_and_folder_names_are_one_to_one); again
-    (nothing to do); a cell killed mid-run resumes; a stopped sweep continues; a failing cell is reported once and
-    not retried."""
+    (nothing to do); a failing cell is reported once and not retried."""
     out = tmp_path / "sweep"
     grid = ["--env-ids", "Breakout-v4", "--seeds", "1", "--replay-ratios", "0.5"]
     first = sweep(out, *grid)
@@ -62,6 +62,21 @@ def test_tiny_sweep_runs_skips_resumes_and_reports_failures(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in out.rglob("events.out.tfevents*")}
     assert mtimes and all(p.stat().st_mtime == t for p, t in mtimes.items())  # nothing rerun or overwritten
 
+    failing = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo", extra=[*TINY, "--gamma",
+                                                                                                   "2"])
+    assert failing.returncode == 1 and "failed  Pong-v4__rr0.25__redo__s1 (exit 2)" in failing.stdout
+    assert "--gamma must be in [0, 1]" in failing.stdout
+    assert json.loads((out / "bad" / "Pong-v4__rr0.25__redo__s1" / "failed.json").read_text())["exit_code"] == 2
+    once_more = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo",
+                      extra=[*TINY, "--gamma", "2"])
+    assert once_more.returncode == 1 and "1 failed earlier" in once_more.stdout and "0 to run" in once_more.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.seconds(75)
+def test_tiny_sweep_resumes_a_killed_run_and_continues_after_a_stop(tmp_path):
+    """A cell killed mid-run is retried by Ray and resumes; a stopped sweep continues at the step it stopped."""
+    out = tmp_path / "sweep"
     # A cell whose process dies mid-run is retried by Ray and resumes from its checkpoint; then a Ctrl-C stops the
     # sweep, whose run saves a checkpoint at the step it was at, and running the sweep again continues from there.
     extra = [flag if flag != "400" else "1000" for flag in TINY]
@@ -78,7 +93,7 @@ def test_tiny_sweep_runs_skips_resumes_and_reports_failures(tmp_path):
         assert condition(), os.killpg(process.pid, signal.SIGKILL) or process.stdout.read()[-3000:]
 
     wait_for(lambda: list(cell_dir.glob("runs/*/checkpoint.pt")))
-    child = subprocess.run(["pgrep", "-f", f"dqn_redo.py.*--seed 7"], capture_output=True, text=True).stdout.split()
+    child = subprocess.run(["pgrep", "-f", f"dqn_redo.py.*{cell_dir}"], capture_output=True, text=True).stdout.split()
     for pid in child:
         os.kill(int(pid), signal.SIGKILL)  # the run dies at once, without a last checkpoint
     wait_for(lambda: "resuming" in (cell_dir / "log.txt").read_text())
@@ -101,15 +116,6 @@ def test_tiny_sweep_runs_skips_resumes_and_reports_failures(tmp_path):
     log = (cell_dir / "log.txt").read_text()
     assert log.count("$ ") == 3 and f"at step {step} on" in log.split("$ ")[3]  # nothing played twice
     assert (cell_dir / "done.json").exists()
-
-    failing = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo", extra=[*TINY, "--gamma",
-                                                                                                   "2"])
-    assert failing.returncode == 1 and "failed  Pong-v4__rr0.25__redo__s1 (exit 2)" in failing.stdout
-    assert "--gamma must be in [0, 1]" in failing.stdout
-    assert json.loads((out / "bad" / "Pong-v4__rr0.25__redo__s1" / "failed.json").read_text())["exit_code"] == 2
-    once_more = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo",
-                      extra=[*TINY, "--gamma", "2"])
-    assert once_more.returncode == 1 and "1 failed earlier" in once_more.stdout and "0 to run" in once_more.stdout
 
 
 def test_progress_and_eta_come_from_the_runs_own_progress_lines(tmp_path):
@@ -193,15 +199,16 @@ def test_a_finished_cell_is_reported_done_or_failed_with_its_log_tail(tmp_path, 
 
 
 def test_run_cell_hands_a_run_killed_from_outside_to_ray_for_a_retry(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_module, "command", lambda *_: [sys.executable, "-c", FAKE_RUN])
     cell, cell_dir = Cell("Pong-v4", 1.0, "redo", 1), tmp_path / "cell"
+    # Its folder in its command line, so that only this test's run is killed, not another test's stand-in beside it.
+    monkeypatch.setattr(sweep_module, "command", lambda *_: [sys.executable, "-c", FAKE_RUN, str(cell_dir)])
 
     def kill_the_run():
         deadline = time.time() + 30
         while "running" not in ((cell_dir / "log.txt").read_text() if (cell_dir / "log.txt").exists() else ""):
             assert time.time() < deadline
             time.sleep(0.1)
-        pids = subprocess.run(["pgrep", "-f", "terms.append"], capture_output=True, text=True).stdout.split()
+        pids = subprocess.run(["pgrep", "-f", str(cell_dir)], capture_output=True, text=True).stdout.split()
         for pid in pids:
             os.kill(int(pid), signal.SIGKILL)
 
