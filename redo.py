@@ -119,7 +119,7 @@ class _Tracer(TorchFunctionMode):
         self.by_first_id = list(self.layers.values())
         self.foreign: dict[str, _Layer] = {}  # by module name
         self.unhandled: set[str] = set()  # names of the layers of other kinds seen (module or parameter names)
-        self.taken: set[int] = set()  # id() of the tensors those layers took
+        self.taken: set[str] = set()  # names of the parameters those layers took (or took tensors computed from)
         # id(tensor) -> (tensor, name of the parameter it is or is computed from), for every parameter of the model
         self.parameters = {id(param): (param, name) for name, param in model.named_parameters()}
         self.modules = dict(model.named_modules())
@@ -135,9 +135,10 @@ class _Tracer(TorchFunctionMode):
         self.named[name] = layer
         return layer
 
-    def foreign_layer(self, func, weight: Tensor) -> _Layer:
+    def foreign_layer(self, func, weight: Tensor) -> _Layer | None:
         """The layer of an F.linear/F.conv2d whose weight belongs to no nn.Linear/nn.Conv2d: named after the module
-        running it (e.g. a NoisyLinear computing mu + sigma * epsilon), scored, never recycled."""
+        running it (e.g. a NoisyLinear computing mu + sigma * epsilon), scored, never recycled. None if that module
+        is an nn.Linear/nn.Conv2d and the weight has another number of rows: an operation ReDo cannot handle."""
         if self.running and self.running[-1][0]:
             name, module = self.running[-1]
         elif id(weight) in self.parameters:  # in the model's own forward (named ""): after the weight's owner
@@ -146,6 +147,8 @@ class _Tracer(TorchFunctionMode):
             name, module = f"<{func.__name__} call {len(self.foreign) + 1}>", None
         if name not in self.foreign:
             layer = self.named.get(name)  # e.g. an nn.Linear subclass that computes its weight (a mask, a noise)
+            if layer is not None and layer.size != weight.shape[0]:
+                return None  # a weight of another shape (F.linear(x, fc.weight[:8])): not the layer's neurons
             weight_is = "computed from its own" if layer else "that is not an nn.Linear/nn.Conv2d weight"
             if layer is None:
                 layer = self.new_layer(name, module, weight.shape[0], func is F.conv2d, weight.device)
@@ -175,7 +178,10 @@ class _Tracer(TorchFunctionMode):
             # An nn.Linear whose weight an einsum takes gets this entry under its name: read_through finds it.
             layer = self.new_layer(owner, module, 1, False, tensors[0].device)
             self.by_first_id.append(layer)
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and name in ("linear", "conv2d"):
+                what = (f"is applied with {name} on a weight of another shape computed from its own, so ReDo can "
+                        "neither score nor recycle it")
+            elif isinstance(module, (nn.Linear, nn.Conv2d)):
                 what = (f"is applied with {name}, not with its forward, F.linear or F.conv2d, so ReDo can neither "
                         "score nor recycle it")
             else:
@@ -186,7 +192,7 @@ class _Tracer(TorchFunctionMode):
             self.unhandled.add(owner)
             self.order.append(layer)
         self.read_through(owner, tensors)
-        self.taken.update(id(t) for t in tensors)
+        self.taken.update(self.parameters[id(t)][1] for t in tensors if id(t) in self.parameters)
         reasons = {**self.sources(result), owner: "is a layer ReDo cannot score or recycle"}
         for item in tree_flatten(result)[0]:
             if isinstance(item, Tensor):
@@ -197,7 +203,7 @@ class _Tracer(TorchFunctionMode):
         another kind took (as nn.MultiheadAttention takes its out_proj's) ran, as part of that layer."""
         idle = []
         for name, module in model.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and id(module.weight) not in self.taken:
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and f"{name}.weight".lstrip(".") not in self.taken:
                 parametrized = hasattr(module, "parametrizations")  # its weight is computed at each access
                 if not (name in self.foreign if parametrized else self.layers[id(module.weight)].ran):
                     idle.append(name)
@@ -249,7 +255,8 @@ class _Tracer(TorchFunctionMode):
         weight = args[1] if len(args) > 1 else kwargs.get("weight")
         if func in (F.linear, F.conv2d) and isinstance(weight, Tensor):
             layer = self.layers.get(id(weight)) or self.foreign_layer(func, weight)
-            return self.run_layer(func, layer, args, kwargs)
+            if layer is not None:
+                return self.run_layer(func, layer, args, kwargs)
         name = getattr(func, "__name__", str(func))
         parameter = next((self.parameters[id(t)][1] for t in tensors if id(t) in self.parameters), None)
         # A product that broadcasts a hidden layer against a parameter to more elements, as (h[:, None] * W).sum(-1)
@@ -299,10 +306,11 @@ class _Tracer(TorchFunctionMode):
             self.activate(result, tracked[0])
         else:
             reason = f"goes through {name}"
-            if pre_activation is not None and isinstance(result, Tensor) and result.shape == tracked[0].shape:
-                hint = f"F.{name}" if hasattr(F, name) else "that function"
-                reason += (f" (if {name} is the network's nonlinearity, pass activation={hint}, or the module that "
-                           "applies it, e.g. activation=nn.LeakyReLU(0.2))")
+            public = name.lstrip("_")  # F.threshold runs as _threshold
+            if (pre_activation is not None and isinstance(result, Tensor) and result.shape == tracked[0].shape
+                    and hasattr(F, public)):  # a flip or a cumsum keeps the shape too, but is no nonlinearity
+                reason += (f" (if {public} is the network's nonlinearity, pass activation=F.{public}, or the module "
+                           "that applies it, e.g. activation=nn.LeakyReLU(0.2))")
             self.mark_opaque(result, tracked, reason, unknown_reader=name)
         return result
 

@@ -677,6 +677,28 @@ def test_another_activation_is_named_in_the_error_with_how_to_pass_it():
                           readers={"net.0": ["net.2"], "net.2": ["net.4"]}, activation=nn.LeakyReLU(0.2))
 
 
+class Lambda(nn.Module):
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return self.function(x)
+
+
+@pytest.mark.parametrize("operation, named", [(lambda h: h.flip(-1), "flip"), (lambda h: h.cumsum(-1), "cumsum"),
+                                               (lambda h: F.threshold(h, 0.1, 0.0), "_threshold")])
+def test_the_activation_hint_is_given_only_for_a_function_of_torch_nn_functional(operation, named):
+    # A flip keeps the shape as an activation does; it once came with "pass activation=that function".
+    model = nn.Sequential(nn.Linear(8, 16), Lambda(operation), nn.Linear(16, 2))
+    recycle_message = f"cannot recycle: '0' goes through {named}"
+    if named == "_threshold":
+        recycle_message += (" (if threshold is the network's nonlinearity, pass activation=F.threshold, or the module "
+                            "that applies it, e.g. activation=nn.LeakyReLU(0.2))")
+    recycle_message += " before '2' reads it"
+    assert_refused_unchanged(model, torch.randn(16, 8), recycle_message)
+
+
 def test_an_activation_equal_to_relu_on_the_batch_only_is_refused_on_every_batch():
     """ReLU6 equals ReLU on a batch below 6: it is still refused there, as on a batch reaching 6, so that a run does not
     fail at a later check; passed as the activation, it is scored and recycled exactly."""
@@ -1224,6 +1246,56 @@ def test_an_nn_linear_subclass_that_computes_its_weight_is_scored_under_its_name
                "fc2": "cannot recycle: 'fc2' (MaskedLinear), which reads 'fc1', computes the weight it applies, so the "
                       "outgoing weights of 'fc1''s neurons cannot be zeroed"}[masked]
     assert_refused_unchanged(model, x, message)
+
+
+class SlicedCritic(nn.Module):
+    """A critic that applies only the first rows of fc2's weight, F.linear(h, fc2.weight[:16], fc2.bias[:16])."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        return self.out(F.relu(F.linear(h, self.fc2.weight[:16], self.fc2.bias[:16])))
+
+
+def test_an_nn_linear_applied_to_part_of_its_weight_is_refused_by_its_name():
+    # Taken for fc2's 32 neurons, its 16 outputs once broke the tracer with a shape error from inside redo.py.
+    torch.manual_seed(0)
+    model, x = SlicedCritic(), torch.randn(32, 8)
+    message = ("'fc2' (Linear) is applied with linear on a weight of another shape computed from its own, so ReDo can "
+               "neither score nor recycle it, and another layer reads it; pass skip=['fc2'] to score the other layers "
+               "without it")
+    with pytest.raises(ValueError) as error:
+        dormant_scores(model, x)
+    assert str(error.value) == message
+    assert list(dormant_scores(model, x, skip=["fc2"])) == ["fc1"]
+    assert_refused_unchanged(model, x, "cannot recycle: 'fc1' goes through linear before 'out' reads it",
+                             skip=["fc2"])
+
+
+class TensordotHead(nn.Module):
+    """An output layer applied with tensordot on its weight: the hidden layer's only reader is no nn.Linear call."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(8, 32), nn.Linear(32, 2)
+
+    def forward(self, x):
+        return torch.tensordot(F.relu(self.fc(x)), self.out.weight.T, dims=1) + self.out.bias
+
+
+def test_an_output_layer_applied_with_tensordot_counts_as_run_and_its_input_is_refused_for_recycling():
+    # Its weight reached tensordot through .T, so it was once reported as a layer that did not run.
+    torch.manual_seed(0)
+    model, x = TensordotHead(), torch.randn(32, 8)
+    scores = dormant_scores(model, x)
+    assert list(scores) == ["fc"]
+    mean_abs = F.relu(model.fc(x)).detach().abs().mean(dim=0)
+    torch.testing.assert_close(scores["fc"], mean_abs / (mean_abs.mean() + 1e-9))
+    assert_refused_unchanged(model, x, "cannot recycle: 'fc' is read only by tensordot, not by an nn.Linear/nn.Conv2d, "
+                                       "so the outgoing weights of its neurons are unknown")
 
 
 class GlobalPooledCNN(nn.Module):
