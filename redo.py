@@ -272,7 +272,9 @@ class _Tracer(TorchFunctionMode):
             return result
         if not tracked and not any(id(t) in self.opaque for t in tensors):
             result = func(*args, **kwargs)
-            if parameter is not None:  # computed from a parameter only: followed like one
+            # Computed from a parameter (and no hidden layer): followed like one. Not an embedding's rows: looked up
+            # by the input, they are data, which a mean over tokens may pool as it pools an image's pixels.
+            if parameter is not None and name not in ("embedding", "embedding_bag"):
                 for item in tree_flatten(result)[0]:
                     if isinstance(item, Tensor):
                         self.parameters[id(item)] = (item, parameter)

@@ -1047,6 +1047,32 @@ def test_parameters_that_make_no_neurons_need_no_skip():
                           hidden=["fc1", "fc2"], readers={"fc1": ["fc2"], "fc2": ["out"]})
 
 
+class BagOfTokens(nn.Module):
+    """Tokens embedded and averaged, then an MLP, as text-observation agents encode an instruction."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(10, 16)
+        self.fc1, self.fc2, self.out = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        tokens = (x.abs() * 3).long().clamp(max=9)
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(self.embedding(tokens).mean(1))))))
+
+
+def test_embedded_tokens_averaged_are_data_not_a_layer():
+    # The mean of the embedding's rows was once refused as a layer "'embedding' (Embedding) computes mean".
+    torch.manual_seed(0)
+    check_exact_recycling(BagOfTokens(), torch.randn(32, 7), dormant={"fc1": [1, 4], "fc2": [30]},
+                          hidden=["fc1", "fc2"], readers={"fc1": ["fc2"], "fc2": ["out"]})
+    # Not a door for layers: the averaged rows times a parameter, summed, are a layer, refused by the parameter's name.
+    model = BagOfTokens()
+    model.w = nn.Parameter(torch.randn(16, 32))
+    model.fc1.forward = lambda e: (e[:, :, None] * model.w).sum(1)
+    with pytest.raises(ValueError, match=r"^'w' \(a parameter\) computes sum, a layer ReDo cannot score or recycle"):
+        dormant_scores(model, torch.randn(32, 7))
+
+
 class StackedConv1dEncoder(nn.Module):
     """Two 1-d convolutions in a Sequential, then an MLP: the error names the first layer left out, then (skipped)
     the next, by their full module names."""
