@@ -1206,33 +1206,6 @@ def test_a_spectrally_normalized_layer_is_scored_as_a_foreign_layer_not_refused_
                                 "neurons' incoming weights")
 
 
-class EinsumCritic(nn.Module):
-    """A critic whose second nn.Linear is applied with einsum on its weight instead of its forward."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2, self.out = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 1)
-
-    def forward(self, x):
-        h = F.relu(self.fc1(x))
-        return self.out(F.relu(torch.einsum("bi,oi->bo", h, self.fc2.weight) + self.fc2.bias))
-
-
-def test_an_nn_linear_applied_with_einsum_is_refused_by_its_name_not_left_out():
-    # Its weight is taken by einsum, so it counts as run; it was once refused under a second entry of the same name
-    # that no layer read, and scoring returned fc1 alone.
-    torch.manual_seed(0)
-    model, x = EinsumCritic(), torch.randn(32, 8)
-    message = ("'fc2' (Linear) is applied with einsum, not with its forward, F.linear or F.conv2d, so ReDo can "
-               "neither score nor recycle it, and another layer reads it; pass skip=['fc2'] to score the other layers "
-               "without it")
-    with pytest.raises(ValueError) as error:
-        dormant_scores(model, x)
-    assert str(error.value) == message
-    assert list(dormant_scores(model, x, skip=["fc2"])) == ["fc1"]
-    assert_refused_unchanged(model, x, "cannot recycle: 'fc1' goes through einsum before 'out' reads it", skip=["fc2"])
-
-
 class MaskedLinear(nn.Linear):
     """An nn.Linear that applies its weight through a fixed binary mask, as pruning code does."""
 
@@ -1274,30 +1247,38 @@ def test_an_nn_linear_subclass_that_computes_its_weight_is_scored_under_its_name
     assert_refused_unchanged(model, x, message)
 
 
-class SlicedCritic(nn.Module):
-    """A critic that applies only the first rows of fc2's weight, F.linear(h, fc2.weight[:16], fc2.bias[:16])."""
+class CriticWithAnOddFc2(nn.Module):
+    """A critic whose second nn.Linear is applied with einsum on its weight instead of its forward, or with F.linear
+    on the first 16 rows of its weight."""
 
-    def __init__(self):
+    def __init__(self, spelling: str):
         super().__init__()
-        self.fc1, self.fc2, self.out = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(16, 1)
+        self.spelling = spelling
+        self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 32)
+        self.out = nn.Linear(32 if spelling == "einsum" else 16, 1)
 
     def forward(self, x):
         h = F.relu(self.fc1(x))
+        if self.spelling == "einsum":
+            return self.out(F.relu(torch.einsum("bi,oi->bo", h, self.fc2.weight) + self.fc2.bias))
         return self.out(F.relu(F.linear(h, self.fc2.weight[:16], self.fc2.bias[:16])))
 
 
-def test_an_nn_linear_applied_to_part_of_its_weight_is_refused_by_its_name():
-    # Taken for fc2's 32 neurons, its 16 outputs once broke the tracer with a shape error from inside redo.py.
+@pytest.mark.parametrize("spelling, how", [("einsum", "einsum, not with its forward, F.linear or F.conv2d"),
+                                           ("linear", "linear on a weight of another shape computed from its own")])
+def test_an_nn_linear_applied_otherwise_than_by_its_forward_is_refused_by_its_name(spelling, how):
+    # einsum: its weight is taken by einsum, so it counts as run; it was once refused under a second entry of the same
+    # name that no layer read, and scoring returned fc1 alone. linear: taken for fc2's 32 neurons, its 16 outputs once
+    # broke the tracer with a shape error from inside redo.py.
     torch.manual_seed(0)
-    model, x = SlicedCritic(), torch.randn(32, 8)
-    message = ("'fc2' (Linear) is applied with linear on a weight of another shape computed from its own, so ReDo can "
-               "neither score nor recycle it, and another layer reads it; pass skip=['fc2'] to score the other layers "
-               "without it")
+    model, x = CriticWithAnOddFc2(spelling), torch.randn(32, 8)
+    message = (f"'fc2' (Linear) is applied with {how}, so ReDo can neither score nor recycle it, and another layer "
+               "reads it; pass skip=['fc2'] to score the other layers without it")
     with pytest.raises(ValueError) as error:
         dormant_scores(model, x)
     assert str(error.value) == message
     assert list(dormant_scores(model, x, skip=["fc2"])) == ["fc1"]
-    assert_refused_unchanged(model, x, "cannot recycle: 'fc1' goes through linear before 'out' reads it",
+    assert_refused_unchanged(model, x, f"cannot recycle: 'fc1' goes through {spelling} before 'out' reads it",
                              skip=["fc2"])
 
 
