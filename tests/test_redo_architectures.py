@@ -1282,6 +1282,22 @@ def test_an_nn_linear_applied_otherwise_than_by_its_forward_is_refused_by_its_na
                              skip=["fc2"])
 
 
+def test_an_nn_conv2d_applied_to_part_of_its_weight_is_refused_by_its_name():
+    class ConvNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.out = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Linear(4 * 4 * 4, 1)
+
+        def forward(self, x):
+            h = F.relu(self.conv1(x))
+            return self.out(F.relu(F.conv2d(h, self.conv2.weight[:4], self.conv2.bias[:4])).flatten(1))
+
+    with pytest.raises(ValueError) as error:
+        dormant_scores(ConvNet(), torch.randn(8, 3, 8, 8))
+    assert str(error.value).startswith("'conv2' (Conv2d) is applied with conv2d on a weight of another shape computed "
+                                       "from its own, so ReDo can neither score nor recycle it")
+
+
 class TensordotHead(nn.Module):
     """An output layer applied with tensordot on its weight: the hidden layer's only reader is no nn.Linear call."""
 
