@@ -28,8 +28,9 @@ Example::
 
 The graph is read from one real forward pass under a ``TorchFunctionMode`` that follows every element
 of every ``nn.Linear``/``nn.Conv2d`` output to the layers that read it: through reshapes, flattens in
-any order, slicing, concatenation, zero padding, pooling, reductions over positions (``x.mean((2, 3))``),
-dropout and scaling, each reader's columns (or input channels) that hold a neuron are found exactly.
+any order, slicing and indexing, concatenation, zero padding, pooling, reductions over positions
+(``x.mean((2, 3))``), dropout and scaling, each reader's columns (or input channels) that hold a neuron are
+found exactly.
 Layers read by no other are output layers (any number): never scored or recycled. Residual-stream
 writers are named in ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled
 exactly (normalization, a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing
@@ -399,6 +400,11 @@ class _Tracer(TorchFunctionMode):
 
         if name in _KEEP_IDS:
             moved = self.ids[id(tracked[0])][1]
+        elif name == "__getitem__":  # its index (ints, slices, index or mask tensors) picks the same ids
+            if any(t is not args[0] for t in tracked):
+                self.mark_opaque(result, tracked, "is used as an index")
+                return
+            moved = as_ids(args[0])[args[1]]
         elif name == "pad":  # torch passes it as pad(input, pad, mode=..., value=...) however it was called
             if kwargs["mode"] != "constant" or (kwargs["value"] or 0) != 0:
                 self.mark_opaque(result, tracked, "goes through a padding other than zeros")

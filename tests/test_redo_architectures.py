@@ -1298,6 +1298,52 @@ def test_an_nn_conv2d_applied_to_part_of_its_weight_is_refused_by_its_name():
                                        "from its own, so ReDo can neither score nor recycle it")
 
 
+class ChannelSelectingCNN(nn.Module):
+    """A conv encoder whose second layer reads every other channel of the first, picked by an index tensor or a
+    boolean mask (or, as the reference, a strided slice)."""
+
+    def __init__(self, index: str):
+        super().__init__()
+        self.index = {"tensor": torch.tensor([0, 2, 4, 6]), "mask": torch.tensor([True, False] * 4),
+                      "slice": slice(0, None, 2)}[index]
+        self.conv0, self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x):
+        h = F.relu(self.conv1(F.relu(self.conv0(x))))
+        return self.fc(F.relu(self.conv2(h[:, self.index])).flatten(1))
+
+
+@pytest.mark.parametrize("index", ["tensor", "mask", "slice"])
+def test_channels_picked_by_an_index_tensor_or_a_mask_are_followed_exactly(index):
+    # An index tensor was once turned into ids of its own shape: every pick read conv1's last channel, whose recycling
+    # would have zeroed all four of conv2's input channels; a mask's picks did not match, and conv1 passed for an
+    # output layer, scored by nobody.
+    torch.manual_seed(0)
+    check_exact_recycling(ChannelSelectingCNN(index), torch.randn(16, 3, 10, 10), dormant={"conv1": [0, 4]},
+                          hidden=["conv0", "conv1", "conv2"],
+                          readers={"conv1": ["conv2"]})
+
+
+def test_a_hidden_layer_used_as_an_index_is_scored_and_refused_for_recycling():
+    class Lookup(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out, self.table = nn.Linear(8, 16), nn.Linear(4, 2), torch.randn(100, 4)
+
+        def forward(self, x):
+            rows = (F.relu(self.fc(x)) * 10).to(torch.long)[:, 0]
+            return self.out(self.table[rows])
+
+    model, x = Lookup(), torch.randn(16, 8)
+    assert list(dormant_scores(model, x)) == ["fc"]
+    before = parameters_of(model)
+    with pytest.raises(ValueError) as error:
+        recycle_dormant(model, None, x, tau=0.5)  # no gradient reaches fc through the lookup: no Adam state to check
+    assert str(error.value) == "cannot recycle: 'fc' is used as an index before 'out' reads it"
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
 class TensordotHead(nn.Module):
     """An output layer applied with tensordot on its weight: the hidden layer's only reader is no nn.Linear call."""
 
