@@ -28,10 +28,9 @@ Example::
 
 The graph is read from one real forward pass under a ``TorchFunctionMode`` that follows every element
 of every ``nn.Linear``/``nn.Conv2d`` output to the layers that read it: through reshapes, flattens in
-any order, slicing and indexing, concatenation, zero padding, pooling, reductions over positions
-(``x.mean((2, 3))``), dropout and scaling, each reader's columns (or input channels) that hold a neuron are
-found exactly.
-Layers read by no other are output layers (any number): never scored or recycled. Residual-stream
+any order, slicing, indexing and writes in place, concatenation, zero padding, pooling, reductions over
+positions (``x.mean((2, 3))``), dropout and scaling, each reader's columns (or input channels) that hold a
+neuron are found exactly. Layers read by no other are output layers (any number): never scored or recycled. Residual-stream
 writers are named in ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled
 exactly (normalization, a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing
 operation) raises ``ValueError`` naming the layer, before anything changes. So does a hidden layer of
@@ -64,7 +63,7 @@ _NONE = -1  # element ids: -1 holds no hidden neuron's value; otherwise 2 * neur
 # Operations by name. Moves change where elements are, not their values: applied to the element ids as to the data.
 _MOVES = set("""reshape view flatten unflatten permute transpose t squeeze unsqueeze expand expand_as repeat movedim
     narrow select __getitem__ cat concat concatenate stack split chunk unbind contiguous clone detach float double
-    half bfloat16 to type type_as pad""".split())
+    half bfloat16 to type type_as pad __setitem__""".split())
 _SCALINGS = set("dropout dropout1d dropout2d dropout3d feature_dropout mul __mul__ __rmul__ div __truediv__".split())
 _POOLS = set("""max_pool1d max_pool2d avg_pool1d avg_pool2d adaptive_max_pool1d adaptive_max_pool2d adaptive_avg_pool1d
     adaptive_avg_pool2d max_pool1d_with_indices max_pool2d_with_indices adaptive_max_pool1d_with_indices
@@ -284,6 +283,9 @@ class _Tracer(TorchFunctionMode):
         if name not in _KNOWN and len(tracked) == 1 and tensors[0] is tracked[0]:
             pre_activation = self.activation(tracked[0])  # before func, which may work in place
         result = func(*args, **kwargs)
+        if name == "__setitem__":
+            self.assign(*args)
+            return result
         if not any(isinstance(item, Tensor) for item in tree_flatten(result)[0]):
             return result  # a shape, a size, a bool: no data flows on
         n_opaque = sum(id(t) in self.opaque for t in tensors)
@@ -424,6 +426,19 @@ class _Tracer(TorchFunctionMode):
         for item, item_ids in zip(tree_flatten(result)[0], tree_flatten(moved)[0]):
             if isinstance(item, Tensor) and isinstance(item_ids, Tensor) and item.shape == item_ids.shape:
                 self.ids[id(item)] = (item, item_ids)
+
+    def assign(self, target: Tensor, index: Any, value: Any) -> None:
+        """``target[index] = value``, in place: the target's ids at ``index`` become the value's, as when a layer's
+        activations are written into a buffer of features (or a column is zeroed)."""
+        inputs = [t for t in tree_flatten((target, index, value))[0] if isinstance(t, Tensor)]
+        if any(id(t) in self.opaque for t in inputs) or any(id(t) in self.ids for t in tree_flatten(index)[0]):
+            self.mark_opaque(target, [t for t in inputs if id(t) in self.ids or id(t) in self.opaque],
+                             "is written into a tensor by an index ReDo cannot follow")
+            return
+        ids = (self.ids[id(target)][1].clone() if id(target) in self.ids
+               else torch.full_like(target, _NONE, dtype=torch.long))
+        ids[index] = self.ids[id(value)][1] if isinstance(value, Tensor) and id(value) in self.ids else _NONE
+        self.ids[id(target)] = (target, ids)
 
     def pool(self, name: str, result: Any, x: Tensor, pooled_dims: int) -> None:
         ids = self.ids[id(x)][1]
