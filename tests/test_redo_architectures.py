@@ -1345,8 +1345,9 @@ def test_a_hidden_layer_used_as_an_index_is_scored_and_refused_for_recycling():
 
 
 class WrittenFeatures(nn.Module):
-    """A hidden layer's activations written in place: into a zero buffer of features, or over one of its own columns
-    (column 0 gets neuron 1's values)."""
+    """A hidden layer's activations written in place: into a buffer of features beside input columns and a
+    constant, or over one of its own columns (column 0 gets neuron 1's values); flipped first, or with an index
+    computed from the layer itself, which ReDo cannot follow."""
 
     def __init__(self, spelling: str):
         super().__init__()
@@ -1355,12 +1356,16 @@ class WrittenFeatures(nn.Module):
 
     def forward(self, x):
         h = F.relu(self.fc1(x))
-        if self.spelling == "buffer":
-            features = torch.zeros(x.shape[0], 20)
-            features[:, 2:18] = h
-        else:
+        if self.spelling == "overwritten":
             features = torch.cat([h, torch.zeros(x.shape[0], 4)], dim=1)
             features[:, 0] = features[:, 1]
+        else:
+            features = torch.zeros(x.shape[0], 20)
+            features[:, 2:18] = h.flip(-1) if self.spelling == "flipped" else h
+            features[:, :2] = x[:, :2]
+            features[:, 18] = 1.0
+            if self.spelling == "indexed":
+                features[torch.arange(x.shape[0]), (h[:, 0] * 0).to(torch.long)] = 2.0
         return self.out(F.relu(self.fc2(features)))
 
 
@@ -1371,6 +1376,15 @@ def test_activations_written_in_place_are_followed_exactly(spelling):
     torch.manual_seed(0)
     check_exact_recycling(WrittenFeatures(spelling), torch.randn(32, 8), dormant={"fc1": [1, 5], "fc2": [3]},
                           hidden=["fc1", "fc2"], readers={"fc1": ["fc2"], "fc2": ["out"]})
+
+
+@pytest.mark.parametrize("spelling, how", [("flipped", "goes through flip"),
+                                           ("indexed", "is written into a tensor by an index ReDo cannot follow")])
+def test_activations_written_in_place_through_what_redo_cannot_follow_are_refused_for_recycling(spelling, how):
+    torch.manual_seed(0)
+    model, x = WrittenFeatures(spelling), torch.randn(32, 8)
+    assert list(dormant_scores(model, x)) == ["fc1", "fc2"]
+    assert_refused_unchanged(model, x, f"cannot recycle: 'fc1' {how} before 'fc2' reads it")
 
 
 class TensordotHead(nn.Module):
