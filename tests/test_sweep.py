@@ -29,6 +29,20 @@ def sweep(out_dir: Path, *flags: str, extra=TINY, timeout: float = 600) -> subpr
                           env=os.environ)
 
 
+def runs_in(folder: Path) -> list[int]:
+    """The dqn_redo.py processes working in ``folder``: a cell's run, whose command line names no folder until it
+    resumes."""
+    pids = subprocess.run(["pgrep", "-f", "dqn_redo.py"], capture_output=True, text=True).stdout.split()
+    running = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/cwd").resolve() == folder.resolve():
+                running.append(int(pid))
+        except OSError:  # it ended meanwhile
+            pass
+    return running
+
+
 def test_grid_and_folder_names_are_one_to_one():
     args = SweepArgs(env_ids=["Pong-v4", "ALE/Breakout-v5"], seeds=[1, 2], replay_ratios=[0.25, 1.0],
                      arms=["baseline", "redo"])
@@ -93,9 +107,9 @@ def test_tiny_sweep_resumes_a_killed_run_and_continues_after_a_stop(tmp_path):
         assert condition(), os.killpg(process.pid, signal.SIGKILL) or process.stdout.read()[-3000:]
 
     wait_for(lambda: list(cell_dir.glob("runs/*/checkpoint.pt")))
-    child = subprocess.run(["pgrep", "-f", f"dqn_redo.py.*{cell_dir}"], capture_output=True, text=True).stdout.split()
-    for pid in child:
-        os.kill(int(pid), signal.SIGKILL)  # the run dies at once, without a last checkpoint
+    child = runs_in(cell_dir)
+    assert len(child) == 1, child
+    os.kill(child[0], signal.SIGKILL)  # the run dies at once, without a last checkpoint
     wait_for(lambda: "resuming" in (cell_dir / "log.txt").read_text())
     checkpoint = next(cell_dir.glob("runs/*/checkpoint.pt"))
     written = checkpoint.stat().st_mtime
@@ -109,7 +123,7 @@ def test_tiny_sweep_resumes_a_killed_run_and_continues_after_a_stop(tmp_path):
     assert log.count("$ ") == 2 and "--resume" in log.split("$ ")[2]  # killed: retried; stopped: not
     assert f"stopped at step {step};" in log
     assert not (cell_dir / "done.json").exists() and not (out / "kill" / ".stop").exists()
-    assert not subprocess.run(["pgrep", "-f", f"dqn_redo.py.*{cell_dir}"], capture_output=True).stdout
+    assert not runs_in(cell_dir)
 
     finished = sweep(out / "kill", *one_cell, extra=extra)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
