@@ -30,8 +30,8 @@ The graph is read from one real forward pass under a ``TorchFunctionMode`` that 
 of every ``nn.Linear``/``nn.Conv2d`` output to the layers that read it: through reshapes, flattens in
 any order, slicing, indexing and writes in place, concatenation, zero padding, pooling, reductions over
 positions (``x.mean((2, 3))``), dropout and scaling, each reader's columns (or input channels) that hold a
-neuron are found exactly. Layers read by no other are output layers (any number): never scored or recycled. Residual-stream
-writers are named in ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled
+neuron are found exactly. Layers read by no other are output layers (any number): never scored or recycled.
+Residual-stream writers are named in ``result["not_recyclable"]`` and left alone; whatever else cannot be recycled
 exactly (normalization, a grouped convolution reading a hidden layer, a layer run twice, a neuron-mixing
 operation) raises ``ValueError`` naming the layer, before anything changes. So does a hidden layer of
 another kind (any operation on a parameter that makes neurons: ``nn.Conv1d``, ``nn.LSTM``, ``x @ W``, an
@@ -431,9 +431,10 @@ class _Tracer(TorchFunctionMode):
         """``target[index] = value``, in place: the target's ids at ``index`` become the value's, as when a layer's
         activations are written into a buffer of features (or a column is zeroed)."""
         inputs = [t for t in tree_flatten((target, index, value))[0] if isinstance(t, Tensor)]
-        if any(id(t) in self.opaque for t in inputs) or any(id(t) in self.ids for t in tree_flatten(index)[0]):
+        indexes = any(id(t) in self.ids for t in tree_flatten(index)[0])
+        if indexes or any(id(t) in self.opaque for t in inputs):
             self.mark_opaque(target, [t for t in inputs if id(t) in self.ids or id(t) in self.opaque],
-                             "is written into a tensor by an index ReDo cannot follow")
+                             "is used as an index" if indexes else "is written into a tensor ReDo cannot follow")
             return
         ids = (self.ids[id(target)][1].clone() if id(target) in self.ids
                else torch.full_like(target, _NONE, dtype=torch.long))

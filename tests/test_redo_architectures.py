@@ -1379,7 +1379,7 @@ def test_activations_written_in_place_are_followed_exactly(spelling):
 
 
 @pytest.mark.parametrize("spelling, how", [("flipped", "goes through flip"),
-                                           ("indexed", "is written into a tensor by an index ReDo cannot follow")])
+                                           ("indexed", "is used as an index")])
 def test_activations_written_in_place_through_what_redo_cannot_follow_are_refused_for_recycling(spelling, how):
     torch.manual_seed(0)
     model, x = WrittenFeatures(spelling), torch.randn(32, 8)
