@@ -37,7 +37,11 @@ operation) raises ``ValueError`` naming the layer, before anything changes. So d
 another kind (any operation on a parameter that makes neurons: ``nn.Conv1d``, ``nn.LSTM``, ``x @ W``, an
 ``nn.Linear`` whose weight an ``einsum`` takes, a broadcast product ``h[:, None] * W``, ...), in scoring
 too, unless it is named in ``skip``, and so does an ``nn.Linear``/``nn.Conv2d`` that does not run in the
-pass (in recycling even if skipped: it may read a recycled neuron): no layer is ever left out silently.
+pass (in recycling even if skipped: it may read a recycled neuron): no layer is ever left out silently. A hidden
+activation handed to Python (``h.numpy()``, ``h.tolist()``, ``float(h[0, 0])``) may come back as a tensor ReDo cannot
+link to it: the layer is scored, and recycling refuses it. Before its activation such a value cannot be told from
+an output layer's (``q.numpy()`` for a log), so the one case ReDo cannot see is a layer whose pre-activation output
+leaves torch and comes back: keep the forward pass in torch up to the activation.
 See the README for the supported architectures.
 """
 
@@ -63,14 +67,16 @@ _NONE = -1  # element ids: -1 holds no hidden neuron's value; otherwise 2 * neur
 # Operations by name. Moves change where elements are, not their values: applied to the element ids as to the data.
 _MOVES = set("""reshape view flatten unflatten permute transpose t squeeze unsqueeze expand expand_as repeat movedim
     narrow select __getitem__ cat concat concatenate stack split chunk unbind contiguous clone detach float double
-    half bfloat16 to type type_as pad __setitem__""".split())
+    half bfloat16 to cpu cuda type type_as pad __setitem__""".split())
 _SCALINGS = set("dropout dropout1d dropout2d dropout3d feature_dropout mul __mul__ __rmul__ div __truediv__".split())
 _POOLS = set("""max_pool1d max_pool2d avg_pool1d avg_pool2d adaptive_max_pool1d adaptive_max_pool2d adaptive_avg_pool1d
     adaptive_avg_pool2d max_pool1d_with_indices max_pool2d_with_indices adaptive_max_pool1d_with_indices
     adaptive_max_pool2d_with_indices lp_pool1d lp_pool2d""".split())
 _NORMS = set("layer_norm batch_norm group_norm instance_norm rms_norm local_response_norm".split())
 _SUMS = set("add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_".split())
-_KEEP_IDS = set("float double half bfloat16 to type type_as contiguous clone detach".split())  # same shape, same ids
+_KEEP_IDS = set("float double half bfloat16 to cpu cuda type type_as contiguous clone detach".split())  # same shape, ids
+# Operations that hand a tensor's values to Python, from where they may come back as a new tensor ReDo cannot follow.
+_EXPORTS = set("numpy tolist item __array__ __float__ __int__ __index__ __complex__ __bool__".split())
 # Reductions over some dimensions (a global average pool written x.mean((2, 3))); each maps a dormant neuron's zeros
 # to zero, as a pool does (logsumexp would not). Over a parameter: a layer.
 _REDUCTIONS = set("mean sum nansum nanmean amax amin max min".split())
@@ -287,7 +293,9 @@ class _Tracer(TorchFunctionMode):
             self.assign(*args)
             return result
         if not any(isinstance(item, Tensor) for item in tree_flatten(result)[0]):
-            return result  # a shape, a size, a bool: no data flows on
+            if name in _EXPORTS:  # a reader ReDo cannot see past, lest torch.from_numpy(h.numpy()) hide a hidden layer
+                self.mark_opaque(None, tracked, f"leaves torch through {name}", unknown_reader=name)
+            return result  # a shape, a size: no data flows on
         n_opaque = sum(id(t) in self.opaque for t in tensors)
         if name in _SUMS and len(tracked) + n_opaque >= 2:  # a residual stream; read() flags its writers
             self.mark_opaque(result, tensors, "residual")

@@ -9,10 +9,12 @@ entries, and touch nothing else.
 
 import copy
 import math
+import operator
 import re
 
 import ale_py
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -903,6 +905,76 @@ def test_a_layer_read_only_by_an_unknown_op_is_scored_and_refused_not_taken_for_
     assert list(dormant_scores(model, x)) == ["trunk.0", "trunk.2"]  # trunk.2 is hidden, not an output layer
     assert_refused_unchanged(model, x, "cannot recycle: 'trunk.2' is read only by einsum, not by an "
                                        "nn.Linear/nn.Conv2d, so the outgoing weights of its neurons are unknown")
+
+
+
+SCALAR_READS = {"item": lambda t: t.item(), "__float__": float, "__int__": int, "__complex__": lambda t: complex(t).real,
+                "__bool__": bool, "__index__": lambda t: operator.index(t.to(torch.long))}
+
+
+class ThroughPython(nn.Module):
+    """A head that reads the encoder's features through a step taken outside torch (a clip in numpy, a lookup in a
+    list), beside a decoder that trains the encoder: the tensor that comes back is new, and nothing links it to fc2."""
+
+    def __init__(self, way: str, decoder: bool):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 3)
+        self.decoder = nn.Linear(32, 8) if decoder else None
+        self.way = way
+
+    def forward(self, x):
+        h = F.relu(self.fc2(F.relu(self.fc1(x))))
+        features = h.detach() if self.way == "numpy" else h.detach().cpu()  # .cpu() is followed
+        if self.way == "numpy":
+            back = torch.from_numpy(np.clip(features.numpy(), 0.0, 1.0))
+        elif self.way == "tolist":
+            back = torch.tensor(features.tolist())
+        elif self.way == "__array__":
+            back = torch.from_numpy(np.array(features))
+        else:  # one neuron's mean, as a Python number
+            back = torch.full(h.shape, float(SCALAR_READS[self.way](features[:, 0].mean())))
+        q = self.head(back)
+        return q if self.decoder is None else (q, self.decoder(h))
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")  # numpy 2 asks torch's
+@pytest.mark.parametrize("way", ["numpy", "tolist", "__array__", *SCALAR_READS])
+def test_a_hidden_activation_handed_to_python_is_scored_and_refused_never_left_out(way):
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    alone = ThroughPython(way, decoder=False)
+    assert list(dormant_scores(alone, x)) == ["fc1", "fc2"]  # not fc1 alone, with fc2 taken for an output layer
+    before = parameters_of(alone)
+    with pytest.raises(ValueError) as error:
+        recycle_dormant(alone, None, x, tau=0.5)
+    assert str(error.value) == (f"cannot recycle: 'fc2' is read only by {way}, not by an nn.Linear/nn.Conv2d, so "
+                                "the outgoing weights of its neurons are unknown")
+    assert all(torch.equal(p, before[name]) for name, p in alone.named_parameters())
+    # With a decoder reading fc2 too, recycling would zero the decoder's columns and keep the head's reading.
+    assert_refused_unchanged(ThroughPython(way, decoder=True), x, f"cannot recycle: 'fc2' is read by decoder, and "
+                             f"also by {way}, not by an nn.Linear/nn.Conv2d, so some outgoing weights of its neurons "
+                             "are unknown")
+
+
+class OutputKeptInNumpy(nn.Module):
+    """An MLP that keeps its last Q-values in numpy for logging: an output layer's values leaving torch are no
+    reader."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.last_q = None
+
+    def forward(self, x):
+        q = self.out(F.relu(self.fc(x)))
+        self.last_q, self.greedy = q.detach().numpy(), q[0].argmax().item()
+        return q
+
+
+def test_an_output_layer_whose_values_leave_torch_is_still_an_output_layer():
+    torch.manual_seed(0)
+    check_exact_recycling(OutputKeptInNumpy(), torch.randn(64, 8), dormant={"fc": [0, 9]}, hidden=["fc"],
+                          readers={"fc": ["out"]})
 
 
 # ---------------------------------------------------------------- layers of other kinds: never left out silently
