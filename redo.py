@@ -538,12 +538,15 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
     tracer.finish(outputs)
     for layer in tracer.order:
         ops = ", ".join(sorted(layer.unknown_readers))
+        # Most often a log, so the way to keep one goes with the refusal.
+        hint = (" (values that leave torch may come back unseen: to log them, keep the tensor, e.g. self.h = "
+                "h.detach(), and convert it after the forward pass)" if layer.unknown_readers & _EXPORTS else "")
         if layer.unknown_readers and not layer.readers:
             layer.fail(f"'{layer.name}' is read only by {ops}, not by an nn.Linear/nn.Conv2d, so the outgoing weights "
-                       "of its neurons are unknown")
+                       f"of its neurons are unknown{hint}")
         elif layer.unknown_readers:  # its activation also reaches the outputs another way
             layer.fail(f"'{layer.name}' is read by {', '.join(layer.readers)}, and also by {ops}, not by an "
-                       "nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown")
+                       f"nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown{hint}")
     skip = {skip} if isinstance(skip, str) else set(skip)
     # An nn.Linear/nn.Conv2d that did not run (an actor's under forward=agent.get_value) would be left out silently;
     # when recycling, it may also read a recycled neuron, whose outgoing weights there would stay.

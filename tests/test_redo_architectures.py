@@ -908,6 +908,8 @@ def test_a_layer_read_only_by_an_unknown_op_is_scored_and_refused_not_taken_for_
 
 
 
+LOG_HINT = (" (values that leave torch may come back unseen: to log them, keep the tensor, e.g. self.h = h.detach(), "
+            "and convert it after the forward pass)")
 SCALAR_READS = {"item": lambda t: t.item(), "__float__": float, "__int__": int, "__complex__": lambda t: complex(t).real,
                 "__bool__": bool, "__index__": lambda t: operator.index(t.to(torch.long))}
 
@@ -948,33 +950,34 @@ def test_a_hidden_activation_handed_to_python_is_scored_and_refused_never_left_o
     with pytest.raises(ValueError) as error:
         recycle_dormant(alone, None, x, tau=0.5)
     assert str(error.value) == (f"cannot recycle: 'fc2' is read only by {way}, not by an nn.Linear/nn.Conv2d, so "
-                                "the outgoing weights of its neurons are unknown")
+                                f"the outgoing weights of its neurons are unknown{LOG_HINT}")
     assert all(torch.equal(p, before[name]) for name, p in alone.named_parameters())
     # With a decoder reading fc2 too, recycling would zero the decoder's columns and keep the head's reading.
     assert_refused_unchanged(ThroughPython(way, decoder=True), x, f"cannot recycle: 'fc2' is read by decoder, and "
                              f"also by {way}, not by an nn.Linear/nn.Conv2d, so some outgoing weights of its neurons "
-                             "are unknown")
+                             f"are unknown{LOG_HINT}")
 
 
-class OutputKeptInNumpy(nn.Module):
-    """An MLP that keeps its last Q-values in numpy for logging: an output layer's values leaving torch are no
-    reader."""
+class KeptForALog(nn.Module):
+    """An MLP that keeps its last Q-values in numpy, and its features as a tensor, for a log: an output layer's values
+    leaving torch are no reader, and neither is a hidden layer's kept in torch (the refusal's advice)."""
 
     def __init__(self):
         super().__init__()
         self.fc, self.out = nn.Linear(8, 16), nn.Linear(16, 3)
-        self.last_q = None
 
     def forward(self, x):
-        q = self.out(F.relu(self.fc(x)))
-        self.last_q, self.greedy = q.detach().numpy(), q[0].argmax().item()
+        h = F.relu(self.fc(x))
+        q = self.out(h)
+        self.features, self.last_q, self.greedy = h.detach(), q.detach().numpy(), q[0].argmax().item()
         return q
 
 
-def test_an_output_layer_whose_values_leave_torch_is_still_an_output_layer():
+def test_values_kept_for_a_log_leave_the_layers_as_they_are():
     torch.manual_seed(0)
-    check_exact_recycling(OutputKeptInNumpy(), torch.randn(64, 8), dormant={"fc": [0, 9]}, hidden=["fc"],
-                          readers={"fc": ["out"]})
+    model = KeptForALog()
+    check_exact_recycling(model, torch.randn(64, 8), dormant={"fc": [0, 9]}, hidden=["fc"], readers={"fc": ["out"]})
+    assert model.features.numpy().shape == (64, 16)
 
 
 # ---------------------------------------------------------------- layers of other kinds: never left out silently
