@@ -133,6 +133,8 @@ class Args:
     """dormancy threshold: a neuron with score <= tau is recycled"""
     redo_interval: int = 1000
     """gradient steps between dormant-neuron checks (logging, and recycling with --enable-redo)"""
+    redo_end_update: int | None = None
+    """recycle only at checks before this gradient step; None: to the end (DrQ(eps)'s gin: 400000 - 1600 x RR)"""
     redo_batch_size: int = 256
     """states sampled uniformly from the replay to score neurons (the authors' code: 256; the paper's text: 64)"""
     srank_states: int = 1024
@@ -746,6 +748,8 @@ def argument_error(args: Args) -> str | None:
         return f"--replay-ratio must be positive, got {args.replay_ratio}"
     if not args.redo_tau >= 0:
         return f"--redo-tau must be >= 0, got {args.redo_tau}"
+    if args.redo_end_update is not None and args.redo_end_update <= 0:
+        return f"--redo-end-update must be positive (leave it out to recycle to the end), got {args.redo_end_update}"
     if not (0 < args.learning_rate < math.inf):
         return f"--learning-rate must be positive and finite, got {args.learning_rate}"
     if not 0 <= args.gamma <= 1:
@@ -1178,7 +1182,8 @@ def print_setup(args: Args, run_dir: str, start_step: int, device: torch.device,
     print(f"{args.preset} preset: {'dueling ' if args.dueling else ''}network {args.network}, {args.n_step}-step "
           f"{'double DQN' if args.double_dqn else 'DQN'}, augmentation {args.augmentation}, replay ratio "
           f"{args.replay_ratio:g}, ReDo {'on' if args.enable_redo else 'off'} (tau {args.redo_tau:g}, every "
-          f"{args.redo_interval:,} updates)")
+          f"{args.redo_interval:,} updates" + (f", before update {args.redo_end_update:,}" if args.redo_end_update
+                                               else "") + ")")
     print(f"{args.env_id}: sticky actions {args.sticky_actions:g}, "
           f"{'life loss terminal' if args.terminal_on_life_loss else 'full-game episodes'}, no-op reset "
           f"{args.noop_max}, FIRE reset {'on' if args.fire_reset else 'off'}, cap {args.max_episode_steps:,} steps; "
@@ -1338,8 +1343,9 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
                         log_losses(writer, loss, q_mean, counters, progress.sps(global_step), global_step)
                     if counters.gradient_steps % args.redo_interval == 0:
                         divergence.check(global_step)
+                        recycle = args.enable_redo and counters.gradient_steps < (args.redo_end_update or math.inf)
                         progress.last_dormant = check_dormant(q_network, optimizer, rb, args, writer, global_step,
-                                                              args.enable_redo, counters)
+                                                              recycle, counters)
                 if global_step % args.target_network_frequency == 0:
                     target_network.load_state_dict(q_network.state_dict())
 

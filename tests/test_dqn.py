@@ -53,7 +53,7 @@ SMALL_RUN = ["--total-timesteps", "3000", "--learning-starts", "1000", "--buffer
 def test_end_to_end_logs_every_tag_with_sane_values(tmp_path):
     """One short ReDo run on the real game: every tag, the closing lines, the values. One test, because a run shared
     through a module-scoped fixture would be made once per pytest-xdist worker."""
-    result = run_script(tmp_path, "--env-id", "DemonAttack-v4", "--enable-redo", *SMALL_RUN)
+    result = run_script(tmp_path, "--env-id", "DemonAttack-v4", "--enable-redo", "--redo-end-update", "400", *SMALL_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     logged = scalars(only_run(tmp_path))
     expected = ["charts/episodic_return", "charts/episodic_length", "charts/epsilon", "charts/SPS",
@@ -88,8 +88,10 @@ def test_end_to_end_logs_every_tag_with_sane_values(tmp_path):
     pooled = (32 * step_fractions["conv1"] + 64 * step_fractions["conv2"] + 64 * step_fractions["conv3"]
               + 512 * step_fractions["fc1"]) / 672
     assert dormant[0][1] == pytest.approx(pooled, abs=1e-6)
+    # Recycling at the checks before update 400 only (50, ..., 350); the checks go on scoring and logging to the end.
     recycled = logged["redo/recycled/total"]
-    assert len(recycled) == 500 // 50 and sum(v for _, v in recycled) > 0
+    assert [step for step, _ in recycled] == [step for step, _ in dormant[1:8]] and sum(v for _, v in recycled) > 0
+    assert "every 50 updates, before update 400)" in result.stdout
     assert all(v == int(v) and 0 <= v <= 672 for _, v in recycled)
     assert all(math.isfinite(v) and v >= 0 for _, v in logged["losses/td_loss"])
     assert all(0.01 <= v <= 1 for _, v in logged["charts/epsilon"])
@@ -224,6 +226,7 @@ def test_replay_ratio_schedule_is_exact(ratio):
     ({"env_id": "CartPole-v1"}, "unknown Atari env id"),
     ({"redo_tau": -0.1}, "--redo-tau"),
     ({"redo_interval": 0}, "--redo-interval"),
+    ({"redo_end_update": 0}, "--redo-end-update must be positive (leave it out to recycle to the end)"),
     ({"replay_ratio": 0.0}, "--replay-ratio"),
     ({"replay_ratio": -1.0}, "--replay-ratio"),
     ({"batch_size": 0}, "--batch-size"),
