@@ -428,6 +428,10 @@ def interval_estimates(arrays: dict[str, np.ndarray], reps: int) -> tuple[dict, 
             {a: i.reshape(2, 2, -1).transpose(0, 2, 1) for a, i in intervals.items()})
 
 
+def interval(low: float, high: float, single: bool) -> str:
+    return "(no interval: 1 run per game)" if single else f"[{low:.3f}, {high:.3f}]"
+
+
 def sweep_report(runs: list[Run], args: Args) -> str:
     """Figures of IQM (human-normalized return; dormant fraction) over training per algorithm, and the tables."""
     import matplotlib
@@ -460,8 +464,10 @@ def sweep_report(runs: list[Run], args: Args) -> str:
                 ax.set_ylabel(label)
                 ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"{label}: 95 % stratified bootstrap CIs (rliable)" + (f"\n{args.note}" if args.note else ""),
-                     fontsize=10)
+        single = next(iter(arrays.values())).shape[0] == 1  # rliable resamples runs within a game: none to resample
+        fig.suptitle(f"{label}: " + ("one run per game, so no confidence interval" if single else
+                                     "95 % stratified bootstrap CIs (rliable)")
+                     + (f"\n{args.note}" if args.note else ""), fontsize=10)
         fig.tight_layout()
         os.makedirs(args.out_dir, exist_ok=True)
         path = os.path.join(args.out_dir, f"{args.prefix}{file_name}.png")
@@ -477,8 +483,16 @@ def sweep_report(runs: list[Run], args: Args) -> str:
             lines += ["", "| algorithm | runs per game | IQM HNS [95 % CI] | mean HNS [95 % CI] |", "|-|-|-|-|"]
             for algorithm in sorted(final):
                 (iqm_value, mean_value), (low, high) = final_points[algorithm][0], final_intervals[algorithm]
-                lines.append(f"| {algorithm} | {final[algorithm].shape[0]} | {iqm_value:.3f} [{low[0, 0]:.3f}, "
-                             f"{high[0, 0]:.3f}] | {mean_value:.3f} [{low[0, 1]:.3f}, {high[0, 1]:.3f}] |")
+                lines.append(f"| {algorithm} | {final[algorithm].shape[0]} | {iqm_value:.3f} "
+                             f"{interval(low[0, 0], high[0, 0], single)} | {mean_value:.3f} "
+                             f"{interval(low[0, 1], high[0, 1], single)} |")
+            scores = final[algorithm].size  # the same for every algorithm
+            if single:
+                lines += ["", "One run per game: the stratified bootstrap resamples runs within each game, so with one "
+                          "it has nothing to resample; the seed-to-seed spread is unmeasured, and no interval is given."]
+            if scores < 4:
+                lines += ["", f"The IQM drops the lowest and highest quarter of the {scores} scores, rounded down: "
+                          "none, so here it is their mean."]
             capped = args.score == "evaluation"  # stalled games count as they end: say how many there were
             lines += ["", "| game | algorithm | runs | return, last part: mean (per run) | HNS |"
                       + (" evaluation games cut by the cap (per run) |" if capped else ""),

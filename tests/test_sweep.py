@@ -273,6 +273,23 @@ def test_sweep_aggregation_matches_hand_computed_iqm_and_normalized_scores(tmp_p
     assert f"| Pong-v4 | DQN + ReDo (tau=0.1), RR 1 | 4 |" in out and f"{pong:.0f}" in out
 
 
+def test_one_run_per_game_gives_no_interval_and_says_the_iqm_of_three_scores_is_their_mean(tmp_path, capsys):
+    games = {"Pong-v4": (-20.7, 14.6), "DemonAttack-v4": (152.1, 1971.0), "Boxing-v4": (0.1, 12.1)}
+    finals = {"Pong-v4": -10.0, "DemonAttack-v4": 1500.0, "Boxing-v4": 30.0}
+    for arm in ("baseline", "redo"):
+        for env_id, final in finals.items():
+            fake_run(tmp_path / f"{arm}_{env_id}", env_id, arm == "redo", [final] * 3, [0.5] * 3)
+    plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "figures"), sweep=True, bins=3,
+                        bootstrap_samples=50))
+    out = capsys.readouterr().out
+    normalized = [(finals[g] - r) / (h - r) for g, (r, h) in games.items()]
+    line = next(line for line in out.splitlines() if line.startswith("| DQN, RR 1 | 1 |"))
+    # rliable's stratified bootstrap has nothing to resample: a zero-width "[x, x]" would read as certainty.
+    assert line == (f"| DQN, RR 1 | 1 | {np.mean(normalized):.3f} (no interval: 1 run per game) | "
+                    f"{np.mean(normalized):.3f} (no interval: 1 run per game) |")
+    assert "nothing to resample" in out and "of the 3 scores, rounded down: none, so here it is their mean" in out
+
+
 def test_a_game_without_reference_scores_is_a_clear_error(tmp_path, capsys):
     fake_run(tmp_path / "a", "Tetris-v4", False, [1.0] * 3, [0.1] * 3)
     with pytest.raises(SystemExit) as exit_info:
@@ -344,7 +361,7 @@ def test_final_evaluation_scores_and_the_atari_100k_reference_table(tmp_path, ca
                         bootstrap_samples=50, score="evaluation"))
     out = capsys.readouterr().out
     assert "A run's score: the mean return of its final evaluation." in out
-    assert "| DQN + ReDo (tau=0.1), RR 1 | 1 | 0.500 [" in out  # (2665.5 + 1598) / 2 is half-way to human
-    assert "| DQN, RR 1 | 1 | 0.000 [" in out
+    assert "| DQN + ReDo (tau=0.1), RR 1 | 1 | 0.500 (no" in out  # (2665.5 + 1598) / 2 is half-way to human
+    assert "| DQN, RR 1 | 1 | 0.000 (no" in out
     assert "| HNS | evaluation games cut by the cap (per run) |" in out
     assert "| 0.500 | 1 |" in out and "| 0.000 | ? |" in out  # ReDo's second game was cut; the baseline's unknown
