@@ -188,12 +188,18 @@ def outcome_line(cell: Cell, outcome: dict) -> str:
 def progress_of(cell_dir: Path) -> tuple[int, int | None]:
     """Agent steps a cell has made and its run's length, from the last progress line of its log ("step N/T");
     (0, None) before the first one."""
+    found, tail = [], 4000
     try:
         with open(cell_dir / "log.txt", "rb") as log:
-            log.seek(max(0, log.seek(0, 2) - 4000))
-            found = re.findall(rb"step ([\d,]+)/([\d,]+)", log.read())
+            size = log.seek(0, 2)
+            while not found:  # the final evaluation's lines can push the last progress line far back
+                log.seek(max(0, size - tail))
+                found = re.findall(rb"step ([\d,]+)/([\d,]+)", log.read())
+                if tail >= size:
+                    break
+                tail *= 16
     except OSError:
-        found = []
+        pass
     return tuple(int(n.replace(b",", b"")) for n in found[-1]) if found else (0, None)
 
 

@@ -137,6 +137,9 @@ def test_progress_and_eta_come_from_the_runs_own_progress_lines(tmp_path):
                                       "step 20,000/100,000 | 10 SPS | eps 0.010\n")
     assert sweep_module.progress_of(tmp_path) == (20_000, 100_000)
     assert sweep_module.progress_of(tmp_path / "not-started") == (0, None)
+    with open(tmp_path / "log.txt", "a") as log:  # a final evaluation's lines, many KB of them (once: 0 steps)
+        log.write("".join(f"game {n}/100: return 7 in 1,784 steps, mean 9.8\n" for n in range(1, 101)))
+    assert sweep_module.progress_of(tmp_path) == (20_000, 100_000)
     # 80,000 steps left in the started cell, 100,000 in one not started: 180,000 at 10 steps/s is 5 hours.
     assert sweep_module.eta([(20_000, 100_000), (0, None)], 100_000, 10.0) == "5.0 h"
     assert sweep_module.eta([(0, None)], None, 10.0) == "?" and sweep_module.eta([(0, None)], 5, 0.0) == "?"
