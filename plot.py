@@ -296,7 +296,7 @@ def make_figures(runs: list[Run], args: Args) -> dict[str, "matplotlib.figure.Fi
                 ax.scatter([k] * len(per_run), per_run, color=f"C{k}", zorder=3)
             ax.set_xticks(range(len(evaluated)), [group_label(m) for m in evaluated.values()], fontsize=7,
                           rotation=10)
-            ax.set_ylabel("final evaluation: mean return per run (dots), their mean (bar)")
+            ax.set_ylabel("final evaluation: mean return\nper run (dots), their mean (bar)")
             ax.grid(alpha=0.3, axis="y")
             games = {len(run.scalars["eval/episodic_return"][1]) for m in evaluated.values() for run in m}
             fig.suptitle(f"Final evaluation ({'/'.join(map(str, sorted(games)))} full games per run)\n{subtitle}",
