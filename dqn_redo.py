@@ -1386,8 +1386,9 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
         exit_code = 128 + stop.signum
     elif exit_code == 0:
         dormant = "-" if math.isnan(progress.last_dormant) else f"{100 * progress.last_dormant:.1f} %"
+        since = f" since the resume at step {progress.start_step:,}" if progress.start_step else ""
         print(f"done: {global_step + 1:,} agent steps ({counters.gradient_steps:,} updates) in "
-              f"{format_duration(time.time() - progress.start_time)}; dormant at tau={args.redo_tau:g}, last check: "
+              f"{format_duration(time.time() - progress.start_time)}{since}; dormant at tau={args.redo_tau:g}, last check: "
               f"{dormant}; logs and checkpoint in {run_dir}\n  tensorboard --logdir {os.path.dirname(run_dir)}\n"
               f"  python plot.py {run_dir}", file=sys.stderr)
     if exit_code:

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -181,6 +182,9 @@ def test_a_final_evaluation_not_played_is_played_on_resume_and_only_once(tmp_pat
     game_return = scalars(run_dir)["eval/episodic_return"][0][1]
     length = int(scalars(run_dir)["eval/episodic_length"][0][1])
     assert f"game 1/1: return {game_return:.0f} in {length:,} steps, mean {game_return:.1f}" in evaluated.stderr
+    # The closing line's time is this process's: a resumed run says so (a sweep's cell once read "done in 25m").
+    assert "done: 300 agent steps" in trained.stderr and "since the resume" not in trained.stderr
+    assert re.search(r"done: 300 agent steps \(\d+ updates\) in \S+ since the resume at step 300;", evaluated.stderr)
     again = run_script(tmp_path, "--resume", str(run_dir), "--eval-episodes", "1")
     assert again.returncode == 2 and "is not past the checkpoint's step 300" in again.stderr
 
