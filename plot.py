@@ -491,10 +491,11 @@ def sweep_report(runs: list[Run], args: Args) -> str:
                 lines += ["", "One run per game: the stratified bootstrap resamples runs within each game, so with one "
                           "it has nothing to resample; the seed-to-seed spread is unmeasured, and no interval is given."]
             if scores < 4:
-                lines += ["", f"The IQM drops the lowest and highest quarter of the {scores} scores, rounded down: "
-                          "none, so here it is their mean."]
+                lines += ["", f"With {scores} score{'s' * (scores > 1)} in all, the IQM (which drops the lowest and "
+                          "highest quarter, rounded down) drops none: here it is the mean."]
             capped = args.score == "evaluation"  # stalled games count as they end: say how many there were
-            lines += ["", "| game | algorithm | runs | return, last part: mean (per run) | HNS |"
+            scored = "final evaluation" if capped else f"return, last {args.final_fraction:.0%}"
+            lines += ["", f"| game | algorithm | runs | {scored}: mean (per run) | HNS |"
                       + (" evaluation games cut by the cap (per run) |" if capped else ""),
                       "|-|-|-|-|-|" + ("-|" if capped else "")]
             n_runs = next(iter(final.values())).shape[0]

@@ -290,7 +290,8 @@ def test_one_run_per_game_gives_no_interval_and_says_the_iqm_of_three_scores_is_
     # rliable's stratified bootstrap has nothing to resample: a zero-width "[x, x]" would read as certainty.
     assert line == (f"| DQN, RR 1 | 1 | {np.mean(normalized):.3f} (no interval: 1 run per game) | "
                     f"{np.mean(normalized):.3f} (no interval: 1 run per game) |")
-    assert "nothing to resample" in out and "of the 3 scores, rounded down: none, so here it is their mean" in out
+    assert "nothing to resample" in out and "With 3 scores in all, the IQM" in out and "drops none: here it is the mean" in out
+    assert "| game | algorithm | runs | return, last 10%: mean (per run) | HNS |" in out
 
 
 def test_a_game_without_reference_scores_is_a_clear_error(tmp_path, capsys):
@@ -366,5 +367,5 @@ def test_final_evaluation_scores_and_the_atari_100k_reference_table(tmp_path, ca
     assert "A run's score: the mean return of its final evaluation." in out
     assert "| DQN + ReDo (tau=0.1), RR 1 | 1 | 0.500 (no" in out  # (2665.5 + 1598) / 2 is half-way to human
     assert "| DQN, RR 1 | 1 | 0.000 (no" in out
-    assert "| HNS | evaluation games cut by the cap (per run) |" in out
+    assert "| final evaluation: mean (per run) | HNS | evaluation games cut by the cap (per run) |" in out
     assert "| 0.500 | 1 |" in out and "| 0.000 | ? |" in out  # ReDo's second game was cut; the baseline's unknown
