@@ -401,6 +401,26 @@ def test_cleanrl_ppo_atari_agent_with_two_heads():
         forward=agent.get_action_and_value)
 
 
+def test_cleanrl_ppo_trunk_re_drawn_with_its_own_orthogonal_initializer_as_the_readme_says():
+    """README: without init_fn, CleanRL PPO's recycled rows come back at norm 0.58, where layer_init's have 1.41."""
+    x = torch.randint(0, 256, (16, 4, 84, 84)).float()
+    trunk = ["network.0", "network.2", "network.4", "network.7"]
+    norms = {}
+    for init in ("default", "orthogonal"):
+        torch.manual_seed(0)
+        agent = CleanRLPPOAtariAgent()
+        modules = modules_of(agent)
+        assert all(torch.allclose(modules[name].weight.flatten(1).norm(dim=1), torch.tensor(math.sqrt(2)))
+                   for name in trunk)  # layer_init's rows, each of norm sqrt(2)
+        force_dormant(agent, {"network.0": [0, 1, 2, 3]})  # it reads pixels: no column of its rows is zeroed
+        init_fn = (lambda w: nn.init.orthogonal_(w, math.sqrt(2))) if init == "orthogonal" else None
+        result = recycle_dormant(agent, None, x, tau=0.0, forward=agent.get_action_and_value, init_fn=init_fn)
+        assert result["recycled"]["network.0"] >= 4  # and any channel dead on these pixels already
+        norms[init] = modules["network.0"].weight.detach()[:4].flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms["orthogonal"], torch.full((4,), math.sqrt(2)))
+    assert ((norms["default"] - 0.58).abs() < 0.05).all(), norms["default"]
+
+
 def test_a_layer_that_does_not_run_is_named_never_left_out():
     """forward=agent.get_value runs the trunk and the critic, not the actor: scoring names the actor (skip it to score
     the rest knowingly); recycling refuses, since the actor reads the trunk's last layer, whose recycled neurons
