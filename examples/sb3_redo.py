@@ -13,7 +13,9 @@ tau-dormant neurons of each network with that network's own optimizer
 (``redo/recycled/<net>/<layer>``). DQN: ``q_net`` with ``policy.optimizer``. SAC and TD3: ``actor``
 with ``actor.optimizer``, ``critic`` with ``critic.optimizer``. Target networks are left alone: they
 receive the recycled weights through SB3's own soft or hard updates. Networks are re-drawn with
-PyTorch's default initializer, the one SB3's off-policy networks are built with.
+PyTorch's default initializer, the one SB3's off-policy networks are built with, and scored on the
+policy's own ``activation_fn`` (``policy_kwargs={"activation_fn": nn.Tanh}`` scores tanh outputs; SB3's
+``NatureCNN`` always applies ReLU, so with a ``CnnPolicy`` keep ReLU or skip the features extractor).
 
 Copy this file next to ``redo.py``; it needs only stable-baselines3 and torch.
 """
@@ -88,11 +90,13 @@ class ReDoCallback(BaseCallback):
 
     def _check(self) -> None:
         batch = self.model.replay_buffer.sample(self.batch_size, env=self.model._vec_normalize_env)
+        activation = self.model.policy.activation_fn()  # the module SB3's create_mlp puts after each hidden layer
         entry = {"gradient_steps": self.model._n_updates, "fractions": {}, "recycled": {}}
         for name, network, optimizer, inputs in self._networks():
             x = batch.observations if inputs == "obs" else (batch.observations, batch.actions)
             if self.recycle:
-                result = recycle_dormant(network, optimizer, x, tau=self.tau, skip=self.skip.get(name, ()))
+                result = recycle_dormant(network, optimizer, x, tau=self.tau, activation=activation,
+                                         skip=self.skip.get(name, ()))
                 scores = result["scores"]  # from before this recycling
                 entry["recycled"][name] = result["recycled"]
                 for layer, count in result["recycled"].items():
@@ -100,7 +104,7 @@ class ReDoCallback(BaseCallback):
                 self.logger.record(f"redo/recycled/{name}/total", sum(result["recycled"].values()))
             else:
                 with torch.no_grad():
-                    scores = dormant_scores(network, x, skip=self.skip.get(name, ()))
+                    scores = dormant_scores(network, x, activation=activation, skip=self.skip.get(name, ()))
             entry["fractions"][name] = {}
             for tau in self.log_taus:
                 fractions = dormant_fractions(scores, tau)

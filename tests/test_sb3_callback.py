@@ -4,11 +4,13 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from stable_baselines3 import DQN, PPO, SAC
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.logger import configure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from redo import dormant_fractions, dormant_scores
 from sb3_redo import ReDoCallback
 
 
@@ -58,6 +60,20 @@ def test_sac_on_pendulum_recycles_actor_and_critic_with_their_own_optimizers(tmp
     assert all(math.isfinite(v) for v in (p.sum().item() for p in model.actor.parameters()))
     tags = logged_tags(tmp_path)
     assert {"dormant/actor/tau=0.1/total", "dormant/critic/tau=0.5/qf1.2", "redo/recycled/critic/total"} <= tags
+
+
+def test_the_policys_own_activation_is_the_one_scored():
+    model = SAC("MlpPolicy", "Pendulum-v1", learning_starts=100, buffer_size=1000,
+                policy_kwargs={"net_arch": [32, 32], "activation_fn": nn.Tanh}, device="cpu", seed=0)
+    callback = ReDoCallback(interval=50, tau=0.1, batch_size=64, recycle=False)
+    model.learn(200, callback=callback)  # once: "'latent_pi.0' goes through tanh", with no way to pass it
+    batch = model.replay_buffer.sample(64)
+    model.replay_buffer.sample = lambda *args, **kwargs: batch
+    callback._check()
+    for name, network, x in [("actor", model.actor, batch.observations),
+                             ("critic", model.critic, (batch.observations, batch.actions))]:
+        expected = dormant_fractions(dormant_scores(network, x, activation=torch.tanh), 0.1)
+        assert callback.history[-1]["fractions"][name][0.1] == pytest.approx(expected)
 
 
 def test_logging_only_changes_nothing():
