@@ -39,8 +39,10 @@ another kind (any operation on a parameter that makes neurons: ``nn.Conv1d``, ``
 too, unless it is named in ``skip``, and so does an ``nn.Linear``/``nn.Conv2d`` that does not run in the
 pass (in recycling even if skipped: it may read a recycled neuron): no layer is ever left out silently. A hidden
 activation handed to Python (``h.numpy()``, ``h.tolist()``, ``float(h[0, 0])``) may come back as a tensor ReDo cannot
-link to it: the layer is scored, and recycling refuses it. Before its activation such a value cannot be told from
-an output layer's (``q.numpy()`` for a log), so the one case ReDo cannot see is a layer whose pre-activation output
+link to it: the layer is scored, and recycling refuses it; so it does when a hidden layer's values, before or after
+its activation, reach the outputs beside its readers (``head(h) + z[:, :3]``, ``z.sum()``, ``z.numpy()``), since
+recycling changes them. Before its activation an unread layer's value cannot be told from an output layer's
+(``q.numpy()`` for a log), so the one case ReDo cannot see is a layer read by no other whose pre-activation output
 leaves torch and comes back: keep the forward pass in torch up to the activation.
 See the README for the supported architectures.
 """
@@ -103,6 +105,7 @@ class _Layer:
     foreign: bool = False  # F.linear/F.conv2d on a weight that is no nn.Linear/nn.Conv2d's (e.g. a NoisyLinear)
     unhandled: bool = False  # a layer of another kind (nn.Conv1d, nn.LSTM, x @ W, ...): neither scored nor recycled
     unknown_readers: set[str] = field(default_factory=set)  # ops other than a layer that took its activation
+    raw_exports: set[str] = field(default_factory=set)  # ops that handed its values before the activation to Python
 
     def fail(self, reason: str) -> None:
         self.problem = self.problem or reason
@@ -246,6 +249,8 @@ class _Tracer(TorchFunctionMode):
                     reasons.setdefault(layer.name, reason)
                     if unknown_reader and layer.name in activated:  # its activation is read by an op ReDo cannot edit
                         layer.unknown_readers.add(unknown_reader)
+                    elif unknown_reader in _EXPORTS:  # an output layer's values (a log), unless layers read it too
+                        layer.raw_exports.add(unknown_reader)
         if reasons:
             for item in tree_flatten(result)[0]:
                 if isinstance(item, Tensor):
@@ -490,6 +495,14 @@ class _Tracer(TorchFunctionMode):
                 for layer in self.layers_in(self.ids[id(item)][1]):
                     if layer.readers:
                         layer.fail(f"'{layer.name}' is read by other layers and is also part of the model's output")
+        # A hidden layer's values that reach the outputs by another way than its readers (z.sum() or z[:, :3] added
+        # to them) change with its recycled neurons: before the activation, or after it, in a sum.
+        for name, reason in self.sources(outputs).items():
+            layer = self.named[name]
+            if layer.readers and not layer.residual and not layer.unknown_readers:  # those: named in _trace
+                how = "is added to another layer's output" if reason == "residual" else reason
+                layer.fail(f"'{name}' {how} on a way to the model's output besides the layers that read it "
+                           f"({', '.join(layer.readers)}), so recycling would change the outputs")
         self.ids.clear()
         self.opaque.clear()
 
@@ -540,13 +553,17 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
         ops = ", ".join(sorted(layer.unknown_readers))
         # Most often a log, so the way to keep one goes with the refusal.
         hint = (" (values that leave torch may come back unseen: to log them, keep the tensor, e.g. self.h = "
-                "h.detach(), and convert it after the forward pass)" if layer.unknown_readers & _EXPORTS else "")
+                "h.detach(), and convert it after the forward pass)"
+                if (layer.unknown_readers | layer.raw_exports) & _EXPORTS else "")
         if layer.unknown_readers and not layer.readers:
             layer.fail(f"'{layer.name}' is read only by {ops}, not by an nn.Linear/nn.Conv2d, so the outgoing weights "
                        f"of its neurons are unknown{hint}")
         elif layer.unknown_readers:  # its activation also reaches the outputs another way
             layer.fail(f"'{layer.name}' is read by {', '.join(layer.readers)}, and also by {ops}, not by an "
                        f"nn.Linear/nn.Conv2d, so some outgoing weights of its neurons are unknown{hint}")
+        if layer.raw_exports and layer.readers:  # recycling re-draws those values, which may come back anywhere
+            layer.fail(f"'{layer.name}' is read by {', '.join(layer.readers)}, and its values before the activation "
+                       f"also by {', '.join(sorted(layer.raw_exports))}, which recycling would change{hint}")
     skip = {skip} if isinstance(skip, str) else set(skip)
     # An nn.Linear/nn.Conv2d that did not run (an actor's under forward=agent.get_value) would be left out silently;
     # when recycling, it may also read a recycled neuron, whose outgoing weights there would stay.

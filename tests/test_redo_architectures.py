@@ -1000,6 +1000,49 @@ def test_values_kept_for_a_log_leave_the_layers_as_they_are():
     assert model.features.numpy().shape == (64, 16)
 
 
+SIDE_PATHS = {  # fc2's values, before (z) or after (h) its ReLU, on a way to the outputs beside the head that reads h
+    "z.sum": (lambda z, h: z.sum(-1, keepdim=True), "is reduced across neurons by sum on a way"),
+    "z.mean": (lambda z, h: z.mean(-1, keepdim=True), "is reduced across neurons by mean on a way"),
+    "z[:, :3]": (lambda z, h: z[:, :3], "is added to another layer's output on a way"),
+    "0.1 * z[:, :3]": (lambda z, h: 0.1 * z[:, :3], "is added to another layer's output on a way"),
+    "h[:, :3]": (lambda z, h: h[:, :3], "is added to another layer's output on a way"),
+    "z through numpy": (lambda z, h: torch.from_numpy(z.detach().numpy())[:, :3], "numpy"),
+}
+
+
+class SidePathToTheOutput(nn.Module):
+    """A head reading fc2's activation, plus fc2's values brought to the output another way (a skip from the
+    pre-activations, a sum, a round trip through numpy): recycling fc2 would change them."""
+
+    def __init__(self, side):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+        self.side = side
+
+    def forward(self, x):
+        z = self.fc2(F.relu(self.fc1(x)))
+        h = F.relu(z)
+        return self.head(h) + self.side(z, h)
+
+
+@pytest.mark.parametrize("path", SIDE_PATHS)
+def test_a_hidden_layer_whose_values_reach_the_outputs_another_way_is_scored_and_refused(path):
+    side, why = SIDE_PATHS[path]
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    model = SidePathToTheOutput(side)
+    assert list(dormant_scores(model, x)) == ["fc1", "fc2"]
+    with torch.no_grad():  # dead neurons: at tau = 0, redo.py of 3bf167b recycled them, moving the outputs 0.16-5.1
+        model.fc2.weight[:4], model.fc2.bias[:4] = 0.0, -1.0
+    if why == "numpy":
+        message = (f"cannot recycle: 'fc2' is read by head, and its values before the activation also by numpy, which "
+                   f"recycling would change{LOG_HINT}")
+    else:
+        message = (f"cannot recycle: 'fc2' {why} to the model's output besides the layers that read it (head), so "
+                   "recycling would change the outputs")
+    assert_refused_unchanged(model, x, message)
+
+
 # ---------------------------------------------------------------- layers of other kinds: never left out silently
 
 
