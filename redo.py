@@ -42,8 +42,8 @@ activation handed to Python (``h.numpy()``, ``h.tolist()``, ``float(h[0, 0])``) 
 link to it: the layer is scored, and recycling refuses it; so it does when a hidden layer's values, before or after
 its activation, reach the outputs beside its readers (``head(h) + z[:, :3]``, ``z.sum()``, ``z.numpy()``), since
 recycling changes them. Before its activation an unread layer's value cannot be told from an output layer's
-(``q.numpy()`` for a log), so the one case ReDo cannot see is a layer read by no other whose pre-activation output
-leaves torch and comes back: keep the forward pass in torch up to the activation.
+(``q.numpy()`` for a log) unless the model returns it: a layer read by no other whose output leaves torch before any
+activation and is not returned raises ``ValueError`` too (it may come back as a new tensor), unless in ``skip``.
 See the README for the supported architectures.
 """
 
@@ -490,9 +490,11 @@ class _Tracer(TorchFunctionMode):
         self.ids[id(result)] = (result, torch.where(pre, ids + 1, ids).expand(full_ids.shape))
 
     def finish(self, outputs: Any) -> None:
+        self.returned = set(self.sources(outputs))  # the layers whose values reach what the model returns
         for item in tree_flatten(outputs)[0]:
             if isinstance(item, Tensor) and id(item) in self.ids:
                 for layer in self.layers_in(self.ids[id(item)][1]):
+                    self.returned.add(layer.name)
                     if layer.readers:
                         layer.fail(f"'{layer.name}' is read by other layers and is also part of the model's output")
         # A hidden layer's values that reach the outputs by another way than its readers (z.sum() or z[:, :3] added
@@ -568,11 +570,23 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
     # An nn.Linear/nn.Conv2d that did not run (an actor's under forward=agent.get_value) would be left out silently;
     # when recycling, it may also read a recycled neuron, whose outgoing weights there would stay.
     idle = tracer.idle_layers(model)
-    unknown = sorted(skip - set(tracer.unhandled) - set(idle))
+    # A layer no other reads, whose values leave torch before any activation and are not returned: an output kept
+    # for a log, or a hidden layer whose values come back as a tensor nothing links to it. ReDo cannot tell which.
+    unseen = [layer.name for layer in tracer.order if layer.raw_exports and not layer.readers
+              and not layer.unknown_readers and layer.name not in tracer.returned]
+    unknown = sorted(skip - set(tracer.unhandled) - set(idle) - set(unseen))
     if unknown:
         raise ValueError(f"skip names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not among the layers "
-                         f"ReDo cannot handle in this forward pass ({sorted(tracer.unhandled) or 'none'}) or those "
-                         f"that did not run ({idle or 'none'})")
+                         f"ReDo cannot handle in this forward pass ({sorted({*tracer.unhandled, *unseen}) or 'none'}) or "
+                         f"those that did not run ({idle or 'none'})")
+    for name in unseen:
+        if name not in skip:
+            ops = ", ".join(sorted(tracer.named[name].raw_exports))
+            raise ValueError(f"'{name}''s output leaves torch through {ops} before any activation and is not returned "
+                             "by the model, so ReDo cannot tell an output kept for a log from a hidden layer whose "
+                             "values come back as a new tensor: keep the forward pass in torch up to the activation "
+                             f"(to log values, keep the tensor, e.g. self.q = q.detach(), and convert it after the "
+                             f"pass), or pass skip=['{name}'] if it is an output layer")
     hidden = [layer for layer in tracer.order if layer.readers or layer.unknown_readers]
     for layer in hidden:
         if layer.unhandled and layer.name not in skip:
@@ -629,8 +643,9 @@ def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation:
             parameter applied with ``@`` or ``einsum``: any operation on a parameter of ``model``
             that makes neurons, other than an ``nn.Linear``/``nn.Conv2d`` call), named as the error
             that refuses them names them, to leave out knowingly; also ``nn.Linear``/``nn.Conv2d`` layers
-            that ``forward`` does not run (e.g. an actor under ``agent.get_value``). Output layers of any
-            kind need not be named.
+            that ``forward`` does not run (e.g. an actor under ``agent.get_value``), and output layers
+            whose values only leave torch (see the module docstring). Other output layers of any kind
+            need not be named.
 
     Returns:
         ``{module name: float32 tensor of shape (out_features or out_channels,)}``, in execution
@@ -639,8 +654,9 @@ def dormant_scores(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation:
     Raises:
         ValueError: a layer runs more than once, there is no hidden layer, a hidden layer's
             activation cannot be found, a hidden layer is of a kind ReDo cannot score and not
-            in ``skip``, an ``nn.Linear``/``nn.Conv2d`` does not run and is not in ``skip``, or
-            the model holds a TorchScript module (names the layer).
+            in ``skip``, an ``nn.Linear``/``nn.Conv2d`` does not run and is not in ``skip``, a layer
+            read by no other hands its output to Python before any activation and the model does
+            not return it (not in ``skip``), or the model holds a TorchScript module (names the layer).
     """
     return {layer.name: _score(layer) for layer in _trace(model, x, activation, forward, skip) if _scored(layer)}
 

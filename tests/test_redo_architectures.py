@@ -1000,6 +1000,72 @@ def test_values_kept_for_a_log_leave_the_layers_as_they_are():
     assert model.features.numpy().shape == (64, 16)
 
 
+class PreActivationThroughPython(nn.Module):
+    """fc2's output clipped in numpy before its ReLU: the tensor that comes back is new, and fc2, read by no layer
+    ReDo can see, looked like an output layer (once neither scored nor named)."""
+
+    def __init__(self, returns: str = "q"):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 3)
+        self.returns = returns
+
+    def forward(self, x):
+        z = self.fc2(F.relu(self.fc1(x)))
+        back = torch.from_numpy(np.clip(z.detach().numpy(), -5.0, 5.0))
+        q = self.head(F.relu(back))
+        self.last_q = q.detach().numpy()  # an output kept for a log: no reader
+        return q if self.returns == "q" else q.argmax(dim=1)  # returned through an operation: still an output
+
+
+UNSEEN = ("'fc2''s output leaves torch through numpy before any activation and is not returned by the model, so ReDo "
+          "cannot tell an output kept for a log from a hidden layer whose values come back as a new tensor: keep the "
+          "forward pass in torch up to the activation (to log values, keep the tensor, e.g. self.q = q.detach(), and "
+          "convert it after the pass), or pass skip=['fc2'] if it is an output layer")
+
+
+@pytest.mark.parametrize("returns", ["q", "argmax"])
+def test_a_layer_whose_pre_activation_output_leaves_torch_unreturned_is_refused_until_skipped(returns):
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    model = PreActivationThroughPython(returns)
+    before = parameters_of(model)
+    with pytest.raises(ValueError) as scoring:
+        dormant_scores(model, x)
+    with pytest.raises(ValueError) as recycling:
+        recycle_dormant(model, None, x, tau=0.5)
+    assert str(scoring.value) == str(recycling.value) == UNSEEN
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    # Skipped knowingly: fc1 is scored and recycled exactly (fc2 reads it in torch); the head's log stays an output.
+    assert list(dormant_scores(model, x, skip=["fc2"])) == ["fc1"]
+    with torch.no_grad():
+        model.fc1.weight[:3], model.fc1.bias[:3] = 0.0, -1.0
+        outputs = model(x)
+    assert recycle_dormant(model, None, x, tau=0.0, skip=["fc2"])["recycled"] == {"fc1": 3}
+    with torch.no_grad():
+        assert torch.equal(model(x), outputs)
+
+
+class StreamToTheOutput(nn.Module):
+    """Two writers summed into a stream that the head reads and that is also added to the head's output: the writers
+    are named, not recycled, as any residual stream's, and the layer before them is recycled exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3, self.head = (nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16),
+                                                   nn.Linear(16, 3))
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        stream = self.fc2(h) + self.fc3(h)
+        return self.head(F.relu(stream)) + stream[:, :3]
+
+
+def test_a_residual_stream_reaching_the_outputs_leaves_its_writers_named_and_the_rest_recycled_exactly():
+    torch.manual_seed(0)
+    check_exact_recycling(StreamToTheOutput(), torch.randn(64, 8), dormant={"fc1": [2, 7]}, hidden=["fc1"],
+                          readers={"fc1": ["fc2", "fc3"]}, not_recyclable=("fc2", "fc3"))
+
+
 SIDE_PATHS = {  # fc2's values, before (z) or after (h) its ReLU, on a way to the outputs beside the head that reads h
     "z.sum": (lambda z, h: z.sum(-1, keepdim=True), "is reduced across neurons by sum on a way"),
     "z.mean": (lambda z, h: z.mean(-1, keepdim=True), "is reduced across neurons by mean on a way"),
