@@ -517,6 +517,14 @@ def main(args: Args) -> None:
         if value is not None and value < 1:
             print(f"error: {name} must be a positive number of agent steps, not {value}", file=sys.stderr)
             sys.exit(2)
+    for name, value in (("--bins", args.bins), ("--bootstrap-samples", args.bootstrap_samples)):
+        if value < 1:
+            print(f"error: {name} must be at least 1, not {value}", file=sys.stderr)
+            sys.exit(2)
+    if not 0 < args.final_fraction <= 1:
+        print(f"error: --final-fraction must be in (0, 1], a fraction of each run's agent steps, not "
+              f"{args.final_fraction}", file=sys.stderr)
+        sys.exit(2)
     run_dirs = find_run_dirs(args.paths)
     if not run_dirs:
         print(f"error: no TensorBoard event files under {', '.join(args.paths)}; train with dqn_redo.py first "

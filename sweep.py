@@ -93,20 +93,40 @@ def run_folder(cell_dir: Path) -> Path | None:
     return runs[0] if runs else None
 
 
+def fresh_flags(cell: Cell, args: SweepArgs) -> list[str]:
+    """The dqn_redo.py flags the sweep sets for a cell's fresh run (the arguments after -- follow them)."""
+    flags = ["--env-id", cell.env_id, "--seed", str(cell.seed), "--replay-ratio", f"{cell.replay_ratio:g}",
+             "--exp-name", f"rr{cell.replay_ratio:g}_{cell.arm}", "--torch-threads", str(args.cpus_per_run),
+             "--checkpoint-buffer", "--cuda" if args.gpus_per_run > 0 else "--no-cuda"]
+    return flags + ["--enable-redo"] if cell.arm == "redo" else flags
+
+
+def grid_error(cells: list[Cell], args: SweepArgs, extra: list[str]) -> str | None:
+    """What dqn_redo.py would refuse in a cell's fresh run (an unknown game, a replay ratio of 0, an argument after
+    --), found with its own checks before Ray starts: else every cell would fail alike, each in its own folder."""
+    import dqn_redo
+
+    argv = [*fresh_flags(cells[0], args), *extra]
+    prog = "dqn_redo.py (the arguments after --)"  # tyro reports what does not parse, and exits with 2
+    parsed = tyro.cli(dqn_redo.Args, args=argv, prog=prog)
+    parsed = tyro.cli(dqn_redo.Args, args=argv, prog=prog, default=dqn_redo.preset_args(parsed.preset))
+    for cell in dict.fromkeys(dataclasses.replace(cell, seed=cells[0].seed) for cell in cells):  # seeds: the same
+        error = dqn_redo.argument_error(dataclasses.replace(parsed, env_id=cell.env_id, replay_ratio=cell.replay_ratio,
+                                                            enable_redo=cell.arm == "redo"))
+        if error is not None:
+            return f"{cell.name}: {error}"
+    return None
+
+
 def command(cell: Cell, cell_dir: Path, args: SweepArgs, extra: list[str]) -> list[str]:
     """The dqn_redo.py command for a cell: a resume if it has a checkpoint, else a fresh run."""
     run = run_folder(cell_dir)
     if run is not None and ((run / "checkpoint.pt").exists() or (run / "checkpoint.prev.pt").exists()):
         return [sys.executable, str(ROOT / "dqn_redo.py"), "--resume", str(run.resolve()), *extra]
-    flags = ["--env-id", cell.env_id, "--seed", str(cell.seed), "--replay-ratio", f"{cell.replay_ratio:g}",
-             "--exp-name", f"rr{cell.replay_ratio:g}_{cell.arm}", "--torch-threads", str(args.cpus_per_run),
-             "--checkpoint-buffer", "--cuda" if args.gpus_per_run > 0 else "--no-cuda"]
-    if cell.arm == "redo":
-        flags.append("--enable-redo")
     if run is not None:  # killed before its first checkpoint: start over, keeping its logs aside
         (cell_dir / "aborted").mkdir(exist_ok=True)
         run.rename(cell_dir / "aborted" / f"{run.name}.{int(time.time())}")
-    return [sys.executable, str(ROOT / "dqn_redo.py"), *flags, *extra]
+    return [sys.executable, str(ROOT / "dqn_redo.py"), *fresh_flags(cell, args), *extra]
 
 
 def _die_with_parent() -> None:
@@ -234,10 +254,14 @@ def main(args: SweepArgs, extra: list[str]) -> int:
         print("error: --num-cpus must be at least --cpus-per-run, and only starts a Ray on this machine (a cluster's "
               "CPUs are set by `ray start --num-cpus`)", file=sys.stderr)
         return 2
-    import ray
-
     out_dir = Path(args.out_dir)
     cells = cells_of(args)
+    error = grid_error(cells, args, extra)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import ray
+
     todo, skipped = [], {"done": 0, "failed": 0}
     for cell in cells:
         cell_dir = out_dir / cell.name

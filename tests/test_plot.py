@@ -109,6 +109,20 @@ def test_max_steps_must_be_positive(runs, capsys):
     assert not (runs / "out").exists()
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("bins", 0, "--bins must be at least 1, not 0"),  # once: empty curves, written without a word
+    ("bootstrap_samples", 0, "--bootstrap-samples must be at least 1, not 0"),  # once: an IndexError in rliable
+    ("final_fraction", 1.5, "--final-fraction must be in (0, 1]"),  # once: the whole run, silently
+    ("final_fraction", 0.0, "--final-fraction must be in (0, 1]"),
+])
+def test_bad_numbers_are_one_line_errors_before_any_figure(runs, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main(plot.Args(paths=[str(runs)], out_dir=str(runs / "out"), sweep=True, **{flag: value}))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not (runs / "out").exists()
+
+
 def test_windows_print_each_groups_mean_per_window(runs, capsys):
     plot.main(plot.Args(paths=[str(runs / "a1"), str(runs / "a2"), str(runs / "b1")], out_dir=str(runs / "out"),
                         bootstrap_samples=50, windows=1000))

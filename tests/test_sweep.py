@@ -76,13 +76,12 @@ def test_tiny_sweep_runs_skips_and_reports_failures(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in out.rglob("events.out.tfevents*")}
     assert mtimes and all(p.stat().st_mtime == t for p, t in mtimes.items())  # nothing rerun or overwritten
 
-    failing = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo", extra=[*TINY, "--gamma",
-                                                                                                   "2"])
-    assert failing.returncode == 1 and "failed  Pong-v4__rr0.25__redo__s1 (exit 2)" in failing.stdout
-    assert "--gamma must be in [0, 1]" in failing.stdout
-    assert json.loads((out / "bad" / "Pong-v4__rr0.25__redo__s1" / "failed.json").read_text())["exit_code"] == 2
-    once_more = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo",
-                      extra=[*TINY, "--gamma", "2"])
+    diverging = [*TINY, "--learning-rate", "1e30"]  # a failure of the run's own: its arguments pass every check
+    failing = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo", extra=diverging)
+    assert failing.returncode == 1 and "failed  Pong-v4__rr0.25__redo__s1 (exit 3)" in failing.stdout
+    assert "NaN or infinite at gradient step" in failing.stdout
+    assert json.loads((out / "bad" / "Pong-v4__rr0.25__redo__s1" / "failed.json").read_text())["exit_code"] == 3
+    once_more = sweep(out / "bad", "--env-ids", "Pong-v4", "--seeds", "1", "--arms", "redo", extra=diverging)
     assert once_more.returncode == 1 and "1 failed earlier" in once_more.stdout and "0 to run" in once_more.stdout
 
 
@@ -143,6 +142,21 @@ def test_progress_and_eta_come_from_the_runs_own_progress_lines(tmp_path):
     # 80,000 steps left in the started cell, 100,000 in one not started: 180,000 at 10 steps/s is 5 hours.
     assert sweep_module.eta([(20_000, 100_000), (0, None)], 100_000, 10.0) == "5.0 h"
     assert sweep_module.eta([(0, None)], None, 10.0) == "?" and sweep_module.eta([(0, None)], 5, 0.0) == "?"
+
+
+@pytest.mark.parametrize("flags, extra, message", [
+    (["--replay-ratios", "0"], TINY, "Pong-v4__rr0__baseline__s1: --replay-ratio must be positive, got 0.0"),
+    (["--env-ids", "NotAGame-v4"], TINY, "NotAGame-v4__rr0.25__baseline__s1: unknown Atari env id 'NotAGame-v4'"),
+    ([], [*TINY, "--gamma", "2"], "Pong-v4__rr0.25__baseline__s1: --gamma must be in [0, 1], got 2.0"),
+    ([], ["--preset", "drq-eps", "--total-timesteps", "1000"], "--total-timesteps (1,000) is not past --learning-starts"),
+])
+def test_what_every_cell_would_refuse_is_a_one_line_error_before_ray_starts(tmp_path, flags, extra, message):
+    """Once each cell started, failed alike and left a folder; now the sweep checks the cells' arguments with
+    dqn_redo.py's own checks (a preset's defaults included) before Ray starts, and creates nothing."""
+    result = sweep(tmp_path / "out", "--env-ids", "Pong-v4", "--seeds", "1", "2", *flags, extra=extra, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Ray" not in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_flags_the_sweep_sets_are_refused(tmp_path):
