@@ -9,13 +9,14 @@ for every seed. Prints the mean over seeds (min-max in brackets) per layer and i
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import tyro
 
-from dqn_redo import DORMANT_TAUS, Args, FrameReplayBuffer, QNetwork, make_env
+from dqn_redo import DORMANT_TAUS, Args, FrameReplayBuffer, QNetwork, env_id_error, make_env
 from redo import dormant_fractions, dormant_scores
 
 
@@ -32,6 +33,15 @@ class Options:
 
 
 def main(options: Options) -> None:
+    error = env_id_error(options.env_id)
+    if error is None and not 1 <= options.redo_batch_size <= options.warmup_steps:
+        error = (f"--redo-batch-size must be from 1 to --warmup-steps ({options.warmup_steps:,}), "
+                 f"not {options.redo_batch_size}")
+    if error is None and not options.seeds:
+        error = "--seeds needs at least one seed"
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     args = Args(env_id=options.env_id)
     env, rng = make_env(args), np.random.default_rng(0)
     replay = FrameReplayBuffer(options.warmup_steps + 1000, 4, (84, 84), torch.device("cpu"), rng)

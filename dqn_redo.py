@@ -720,6 +720,15 @@ def atari_env_ids() -> list[str]:
     return [env_id for env_id, spec in gym.registry.items() if "ale_py" in str(spec.entry_point)]
 
 
+def env_id_error(env_id: str) -> str | None:
+    ids = atari_env_ids()
+    if env_id in ids:
+        return None
+    close = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "try e.g. DemonAttack-v4 or ALE/DemonAttack-v5"
+    return f"unknown Atari env id '{env_id}': {hint}"
+
+
 def available_memory_bytes() -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:
@@ -773,11 +782,9 @@ def argument_error(args: Args) -> str | None:
                 "--learning-starts")
     if args.buffer_size < warm_up_needed:
         return f"--buffer-size ({args.buffer_size}) is smaller than a batch ({warm_up_needed}); raise it"
-    ids = atari_env_ids()
-    if args.env_id not in ids:
-        close = difflib.get_close_matches(args.env_id, ids, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else "try e.g. DemonAttack-v4 or ALE/DemonAttack-v5"
-        return f"unknown Atari env id '{args.env_id}': {hint}"
+    error = env_id_error(args.env_id)
+    if error:
+        return error
     if args.track:
         error = wandb_error()
         if error:
@@ -1388,8 +1395,8 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
         dormant = "-" if math.isnan(progress.last_dormant) else f"{100 * progress.last_dormant:.1f} %"
         since = f" since the resume at step {progress.start_step:,}" if progress.start_step else ""
         print(f"done: {global_step + 1:,} agent steps ({counters.gradient_steps:,} updates) in "
-              f"{format_duration(time.time() - progress.start_time)}{since}; dormant at tau={args.redo_tau:g}, last check: "
-              f"{dormant}; logs and checkpoint in {run_dir}\n  tensorboard --logdir {os.path.dirname(run_dir)}\n"
+              f"{format_duration(time.time() - progress.start_time)}{since}; dormant at tau={args.redo_tau:g}, "
+              f"last check: {dormant}; logs and checkpoint in {run_dir}\n  tensorboard --logdir {os.path.dirname(run_dir)}\n"
               f"  python plot.py {run_dir}", file=sys.stderr)
     if exit_code:
         sys.exit(exit_code)

@@ -129,3 +129,20 @@ def test_under_the_readme_test_command_each_worker_and_its_scripts_use_one_threa
     child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True,
                            text=True, timeout=120)
     assert child.stdout.strip() == "1", child.stderr[-2000:]
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("dormant_at_init.py", ["--env-id", "Foo-v4"], "error: unknown Atari env id 'Foo-v4': did you mean"),
+    ("dormant_at_init.py", ["--warmup-steps", "10"], "error: --redo-batch-size must be from 1 to --warmup-steps (10)"),
+    ("dormant_at_init.py", ["--seeds"], "error: --seeds needs at least one seed"),
+])
+def test_the_helper_scripts_refuse_bad_input_in_one_line(script, flags, message):
+    """Each once ended in a traceback: an unknown game from gymnasium, a sample larger than the replay, no seed."""
+    result = subprocess.run([sys.executable, str(ROOT / script), *flags], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
+
+
+def test_a_benchmark_agent_that_does_not_exist_is_refused_by_the_parser():  # once: a ValueError from max()
+    result = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--agents", "foo"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "foo" in result.stderr and "Traceback" not in result.stderr
