@@ -37,6 +37,7 @@ statistics sampler (written for the replay buffer Dopamine had in 2023, absent f
 
 import argparse
 import collections
+import importlib.util
 import os
 import sys
 import time
@@ -821,6 +822,12 @@ def main() -> None:
     if os.path.exists(run_dir) and not checking:
         parser.error(f"{run_dir} exists: move it away or pick another --seed/--out-dir")
 
+    missing = [name for name in ("gin", "jax", "flax", "optax", "tensorflow", "dopamine")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} not installed: this script runs in a venv of its own (python3 -m venv "
+                     ".venv-dopamine, then pip install -r requirements-dopamine.txt and pip install --no-deps "
+                     "dopamine-rl==4.1.2)")
     stub_unused_imports()
     import gin
     import jax

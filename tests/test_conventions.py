@@ -146,3 +146,11 @@ def test_a_benchmark_agent_that_does_not_exist_is_refused_by_the_parser():  # on
     result = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--agents", "foo"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and "foo" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dopamine_reference_outside_its_own_venv_says_how_to_make_it():  # once: ModuleNotFoundError: gin
+    result = subprocess.run([sys.executable, str(ROOT / "dopamine_reference.py"), "--check"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "not installed: this script runs in a venv of its own" in result.stderr.splitlines()[-1]
+    assert "pip install -r requirements-dopamine.txt" in result.stderr
