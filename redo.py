@@ -711,6 +711,24 @@ def _default_init(weight: Tensor) -> None:
     nn.init.kaiming_uniform_(weight, a=5**0.5)
 
 
+def _optimizer_error(optimizer: torch.optim.Optimizer | None, params: dict[str, Tensor]) -> str | None:
+    """Why the optimizer's state of these parameters could not be reset entry by entry, or None."""
+    if optimizer is None:
+        return None
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for name, param in params.items():
+        if id(param) not in held:  # e.g. the actor's optimizer given for a critic, or a frozen layer
+            return (f"'{name}' is not among the optimizer's parameters, so its moments could not be reset: pass the "
+                    "optimizer that updates it (or optimizer=None to recycle without resetting any)")
+        for key, value in optimizer.state.get(param, {}).items():
+            if isinstance(value, Tensor) and value.numel() > 1 and value.shape != param.shape:
+                return (f"the optimizer keeps '{key}' of shape {tuple(value.shape)} for '{name}' of shape "
+                        f"{tuple(param.shape)} (factored or flattened, as Adafactor's or L-BFGS's), which ReDo cannot "
+                        "reset entry by entry: use an optimizer whose state is shaped like each parameter (Adam, "
+                        "SGD, RMSprop, ...), or pass optimizer=None and reset it yourself")
+    return None
+
+
 def _zero_optimizer_entries(optimizer: torch.optim.Optimizer | None, param: Tensor, index: tuple,
                             reset_step: bool) -> None:
     if optimizer is None or param not in optimizer.state:
@@ -770,8 +788,10 @@ def recycle_dormant(
         "not_recyclable": {layer: reason}}`` (the last: residual-stream writers, left alone).
 
     Raises:
-        ValueError: ``tau < 0``, or a hidden layer cannot be recycled exactly (names the layer and
-            the reason). Raised before anything is modified.
+        ValueError: ``tau < 0``, a hidden layer cannot be recycled exactly (names the layer and
+            the reason), or the optimizer's state of a parameter to edit cannot be reset entry by
+            entry (the parameter is not among the optimizer's, or its state is factored or
+            flattened, as Adafactor's). Raised before anything is modified.
     """
     if not tau >= 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
@@ -783,6 +803,12 @@ def recycle_dormant(
     recyclable = [layer for layer in hidden if _scored(layer) and not layer.residual]
     masks = {layer.name: _score(layer) <= tau for layer in recyclable}
     modules = dict(model.named_modules())
+    edited = {f"{layer.name}.{kind}": getattr(layer.module, kind) for layer in recyclable for kind in ("weight", "bias")
+              if getattr(layer.module, kind) is not None}
+    edited.update({f"{reader}.weight": modules[reader].weight for layer in recyclable for reader in layer.readers})
+    error = _optimizer_error(optimizer, edited)
+    if error is not None:
+        raise ValueError(f"cannot recycle: {error}")
 
     # Re-draw every incoming weight first, then zero every outgoing weight (see docstring).
     for layer in recyclable:

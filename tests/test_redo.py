@@ -364,6 +364,39 @@ def test_mlp_critic_with_adamw():
     train_steps(critic, optimizer, batch)  # the optimizer still works
 
 
+def critic_optimizer_cases():
+    """(label, make the optimizer from the critic and an actor, expected message): each once recycled in silence,
+    leaving the recycled neurons' moments as they were."""
+    return [
+        ("the actor's optimizer", lambda critic, actor: torch.optim.Adam(actor.parameters()),
+         "cannot recycle: 'fc1.weight' is not among the optimizer's parameters, so its moments could not be reset: "
+         "pass the optimizer that updates it (or optimizer=None to recycle without resetting any)"),
+        ("a frozen first layer", lambda critic, actor: torch.optim.Adam([*critic.fc2.parameters(),
+                                                                         *critic.q.parameters()]),
+         "cannot recycle: 'fc1.weight' is not among the optimizer's parameters"),
+        ("Adafactor", lambda critic, actor: torch.optim.Adafactor(critic.parameters()),
+         "cannot recycle: the optimizer keeps 'row_var' of shape (256, 1) for 'fc1.weight' of shape (256, 14) "
+         "(factored or flattened, as Adafactor's or L-BFGS's), which ReDo cannot reset entry by entry"),
+    ]
+
+
+@pytest.mark.parametrize("label, make_optimizer, message", critic_optimizer_cases(),
+                         ids=[case[0] for case in critic_optimizer_cases()])
+def test_an_optimizer_whose_state_cannot_be_reset_entry_by_entry_is_refused_unchanged(label, make_optimizer, message):
+    torch.manual_seed(0)
+    critic, actor = Critic(), nn.Linear(11, 3)
+    optimizer = make_optimizer(critic, actor)
+    batch = (torch.randn(128, 11), torch.rand(128, 3) * 2 - 1)
+    train_steps(critic, optimizer, batch)
+    force_dormant(critic, "fc1", [0, 1, 2])
+    before = snapshot(critic, optimizer)
+    with pytest.raises(ValueError) as error:
+        recycle_dormant(critic, optimizer, batch, tau=0.0)
+    assert str(error.value).startswith(message)
+    assert_bit_identical(before, snapshot(critic, optimizer))
+    recycle_dormant(critic, None, batch, tau=0.0)  # without an optimizer, as the message offers
+
+
 def test_reset_optimizer_step_sets_a_plain_step_count_to_zero():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
