@@ -488,8 +488,9 @@ def sweep_report(runs: list[Run], args: Args) -> str:
                              f"{interval(low[0, 1], high[0, 1], single)} |")
             scores = final[algorithm].size  # the same for every algorithm
             if single:
-                lines += ["", "One run per game: the stratified bootstrap resamples runs within each game, so with one "
-                          "it has nothing to resample; the seed-to-seed spread is unmeasured, and no interval is given."]
+                lines += ["", "One run per game: the stratified bootstrap resamples runs within each game, so with "
+                          "one it has nothing to resample; the seed-to-seed spread is unmeasured, and no interval is "
+                          "given."]
             if scores < 4:
                 lines += ["", f"With {scores} score{'s' * (scores > 1)} in all, the IQM (which drops the lowest and "
                           "highest quarter, rounded down) drops none: here it is the mean."]

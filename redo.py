@@ -136,6 +136,7 @@ class _Tracer(TorchFunctionMode):
         self.ids: dict[int, tuple[Tensor, Tensor]] = {}  # id(tensor) -> (tensor, element ids); holds the tensor
         self.opaque: dict[int, tuple[Tensor, dict[str, str]]] = {}  # id(tensor) -> (tensor, {layer: reason})
         self.order: list[_Layer] = []
+        self.returned: set[str] = set()  # names of the layers whose values reach what the model returns (finish)
 
     def new_layer(self, name: str, module: nn.Module, size: int, conv: bool, device: torch.device) -> _Layer:
         layer = _Layer(name, module, self.next_id, size, conv, abs_sum=torch.zeros(size, dtype=torch.double,
@@ -490,7 +491,7 @@ class _Tracer(TorchFunctionMode):
         self.ids[id(result)] = (result, torch.where(pre, ids + 1, ids).expand(full_ids.shape))
 
     def finish(self, outputs: Any) -> None:
-        self.returned = set(self.sources(outputs))  # the layers whose values reach what the model returns
+        self.returned = set(self.sources(outputs))
         for item in tree_flatten(outputs)[0]:
             if isinstance(item, Tensor) and id(item) in self.ids:
                 for layer in self.layers_in(self.ids[id(item)][1]):
@@ -577,8 +578,8 @@ def _trace(model: nn.Module, x: Tensor | tuple[Tensor, ...], activation: Callabl
     unknown = sorted(skip - set(tracer.unhandled) - set(idle) - set(unseen))
     if unknown:
         raise ValueError(f"skip names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not among the layers "
-                         f"ReDo cannot handle in this forward pass ({sorted({*tracer.unhandled, *unseen}) or 'none'}) or "
-                         f"those that did not run ({idle or 'none'})")
+                         f"ReDo cannot handle in this forward pass ({sorted({*tracer.unhandled, *unseen}) or 'none'}) "
+                         f"or those that did not run ({idle or 'none'})")
     for name in unseen:
         if name not in skip:
             ops = ", ".join(sorted(tracer.named[name].raw_exports))
