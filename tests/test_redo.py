@@ -397,6 +397,17 @@ def test_an_optimizer_whose_state_cannot_be_reset_entry_by_entry_is_refused_unch
     recycle_dormant(critic, None, batch, tau=0.0)  # without an optimizer, as the message offers
 
 
+def test_an_optimizer_that_has_not_stepped_yet_has_nothing_to_reset():
+    torch.manual_seed(0)
+    critic = Critic()
+    optimizer = torch.optim.Adam(critic.parameters())  # no state until its first step
+    batch = (torch.randn(128, 11), torch.rand(128, 3) * 2 - 1)
+    force_dormant(critic, "fc1", [0, 1, 2])
+    assert recycle_dormant(critic, optimizer, batch, tau=0.0)["recycled"]["fc1"] >= 3
+    assert not optimizer.state
+    train_steps(critic, optimizer, batch)
+
+
 def test_reset_optimizer_step_sets_a_plain_step_count_to_zero():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
