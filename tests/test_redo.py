@@ -376,7 +376,9 @@ def critic_optimizer_cases():
          "cannot recycle: 'fc1.weight' is not among the optimizer's parameters"),
         ("Adafactor", lambda critic, actor: torch.optim.Adafactor(critic.parameters()),
          "cannot recycle: the optimizer keeps 'row_var' of shape (256, 1) for 'fc1.weight' of shape (256, 14) "
-         "(factored or flattened, as Adafactor's or L-BFGS's), which ReDo cannot reset entry by entry"),
+         "(factored or flattened, as Adafactor's or L-BFGS's), which ReDo cannot reset entry by entry: use an "
+         "optimizer whose state is shaped like each parameter (Adam, SGD, RMSprop, ...), or pass optimizer=None and "
+         "reset it yourself"),
     ]
 
 
@@ -395,6 +397,16 @@ def test_an_optimizer_whose_state_cannot_be_reset_entry_by_entry_is_refused_unch
     assert str(error.value).startswith(message)
     assert_bit_identical(before, snapshot(critic, optimizer))
     recycle_dormant(critic, None, batch, tau=0.0)  # without an optimizer, as the message offers
+
+
+def test_factored_state_of_two_entries_is_refused_too():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    optimizer = torch.optim.Adafactor(model.parameters())
+    x = torch.randn(16, 2)
+    train_steps(model, optimizer, x)
+    with pytest.raises(ValueError, match=r"keeps 'row_var' of shape \(2, 1\) for '0.weight' of shape \(2, 2\)"):
+        recycle_dormant(model, optimizer, x, tau=0.0)
 
 
 def test_an_optimizer_that_has_not_stepped_yet_has_nothing_to_reset():
