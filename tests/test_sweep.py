@@ -144,19 +144,19 @@ def test_progress_and_eta_come_from_the_runs_own_progress_lines(tmp_path):
     assert sweep_module.eta([(0, None)], None, 10.0) == "?" and sweep_module.eta([(0, None)], 5, 0.0) == "?"
 
 
-@pytest.mark.parametrize("flags, extra, message", [
-    (["--replay-ratios", "0"], TINY, "Pong-v4__rr0__baseline__s1: --replay-ratio must be positive, got 0.0"),
-    (["--env-ids", "NotAGame-v4"], TINY, "NotAGame-v4__rr0.25__baseline__s1: unknown Atari env id 'NotAGame-v4'"),
-    ([], [*TINY, "--gamma", "2"], "Pong-v4__rr0.25__baseline__s1: --gamma must be in [0, 1], got 2.0"),
-    ([], ["--preset", "drq-eps", "--total-timesteps", "1000"],
-     "--total-timesteps (1,000) is not past --learning-starts"),
+@pytest.mark.parametrize("grid, extra, message", [
+    ({"replay_ratios": [0.0]}, TINY, "Pong-v4__rr0__baseline__s1: --replay-ratio must be positive, got 0.0"),
+    ({"env_ids": ["NotAGame-v4"]}, TINY, "NotAGame-v4__rr0.25__baseline__s1: unknown Atari env id 'NotAGame-v4'"),
+    ({}, [*TINY, "--gamma", "2"], "Pong-v4__rr0.25__baseline__s1: --gamma must be in [0, 1], got 2.0"),
+    ({}, ["--preset", "drq-eps", "--total-timesteps", "1000"], "--total-timesteps (1,000) is not past --learning-starts"),
 ])
-def test_what_every_cell_would_refuse_is_a_one_line_error_before_ray_starts(tmp_path, flags, extra, message):
+def test_what_every_cell_would_refuse_is_a_one_line_error_before_ray_starts(tmp_path, capsys, grid, extra, message):
     """Once each cell started, failed alike and left a folder; now the sweep checks the cells' arguments with
     dqn_redo.py's own checks (a preset's defaults included) before Ray starts, and creates nothing."""
-    result = sweep(tmp_path / "out", "--env-ids", "Pong-v4", "--seeds", "1", "2", *flags, extra=extra, timeout=60)
-    assert result.returncode == 2 and result.stderr.startswith(f"error: ") and message in result.stderr
-    assert result.stderr.count("\n") == 1 and "Ray" not in result.stdout + result.stderr
+    args = SweepArgs(**{"env_ids": ["Pong-v4"], "seeds": [1, 2], "out_dir": str(tmp_path / "out"), **grid})
+    assert sweep_module.main(args, extra) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and not out
     assert not (tmp_path / "out").exists()
 
 
