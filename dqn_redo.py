@@ -687,19 +687,20 @@ def read_evaluation_progress(path: str, network: str, epsilon: float) -> dict | 
 # Arguments and resume
 
 
-def parse_command_line() -> tuple[Args, dict | None]:
-    """The arguments and, with --resume, the checkpoint, read once. The defaults are --preset's (so that
-    ``--preset drq-eps --help`` shows them), or with --resume the run's saved arguments: only what is given on
-    the command line changes."""
-    args = tyro.cli(Args, args=[arg for arg in sys.argv[1:] if arg not in ("-h", "--help")])
+def parse_command_line(argv: list[str] | None = None, prog: str | None = None) -> tuple[Args, dict | None]:
+    """The arguments (``argv``, by default the command line's) and, with --resume, the checkpoint, read once. The
+    defaults are --preset's (so that ``--preset drq-eps --help`` shows them), or with --resume the run's saved
+    arguments: only what is given on the command line changes."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = tyro.cli(Args, args=[arg for arg in argv if arg not in ("-h", "--help")], prog=prog)
     if args.resume is None:
-        return tyro.cli(Args, default=preset_args(args.preset)), None
+        return tyro.cli(Args, args=argv, prog=prog, default=preset_args(args.preset)), None
     checkpoint, error = load_checkpoint(args.resume)
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     saved = {key: value for key, value in checkpoint["args"].items() if key in Args.__dataclass_fields__}
-    return tyro.cli(Args, default=Args(**{**saved, "resume": args.resume})), checkpoint
+    return tyro.cli(Args, args=argv, prog=prog, default=Args(**{**saved, "resume": args.resume})), checkpoint
 
 
 def checked_arguments(args: Args, checkpoint: dict | None) -> dict | None:

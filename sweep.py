@@ -106,10 +106,8 @@ def grid_error(cells: list[Cell], args: SweepArgs, extra: list[str]) -> str | No
     --), found with its own checks before Ray starts: else every cell would fail alike, each in its own folder."""
     import dqn_redo
 
-    argv = [*fresh_flags(cells[0], args), *extra]
     prog = "dqn_redo.py (the arguments after --)"  # tyro reports what does not parse, and exits with 2
-    parsed = tyro.cli(dqn_redo.Args, args=argv, prog=prog)
-    parsed = tyro.cli(dqn_redo.Args, args=argv, prog=prog, default=dqn_redo.preset_args(parsed.preset))
+    parsed, _ = dqn_redo.parse_command_line([*fresh_flags(cells[0], args), *extra], prog)
     for cell in dict.fromkeys(dataclasses.replace(cell, seed=cells[0].seed) for cell in cells):  # seeds: the same
         error = dqn_redo.argument_error(dataclasses.replace(parsed, env_id=cell.env_id, replay_ratio=cell.replay_ratio,
                                                             enable_redo=cell.arm == "redo"))

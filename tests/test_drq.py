@@ -1,5 +1,6 @@
 """DrQ(eps)'s components: n-step replay, double DQN, the dueling network, the augmentation, the Atari-100k protocol."""
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -356,6 +357,9 @@ def test_the_preset_gives_drq_eps_and_every_value_stays_overridable(monkeypatch)
                                                                                                    64)
     monkeypatch.setattr(sys, "argv", ["dqn_redo.py", "--env-id", "DemonAttack-v4", "--enable-redo"])
     assert dqn_redo.parse_command_line()[0] == Args(enable_redo=True)  # the design card's command is unchanged
+    # sweep.py checks its cells' arguments the same way, given as a list: sys.argv is then not read
+    assert dqn_redo.parse_command_line(["--preset", "drq-eps", "--n-step", "3"])[0] == dataclasses.replace(
+        args, learning_rate=1e-4)
 
 
 def test_the_readme_drq_command_is_the_preset():
