@@ -403,10 +403,11 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
     which entries each changed (parameters and moments), the scale of the re-drawn weights. Then each result, and
     the network without recycling, trains ``updates`` more updates of the run's own rule (its n-step, double DQN
     and augmentation; the target copied as often as the run copied it: after every 4 updates at replay ratio 4
-    and --target-network-frequency 1) on the same batches, and the recycled neurons are scored again. A third recycler, theirs with ``weight_scaling=True`` (an option of
-    their code, off in the paper's runs: re-drawn rows take the mean norm of the kept ones), shows what the
-    scale of the re-drawn weights does. For conv1, which reads pixels (all >= 0), also: how many re-drawn channels
-    have incoming weights summing below 0, and how many of 640 fresh draws are dormant at once."""
+    and --target-network-frequency 1) on the same batches, and the recycled neurons are scored again. A third
+    recycler, theirs with ``weight_scaling=True`` (an option of their code, off in the paper's runs: re-drawn rows
+    take the mean norm of the kept ones), shows what the scale of the re-drawn weights does. For conv1, which reads
+    pixels (all >= 0), also: how many re-drawn channels have incoming weights summing below 0, and how many of 640
+    fresh draws are dormant at once."""
     import copy
 
     import jax

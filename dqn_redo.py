@@ -118,7 +118,7 @@ class Args:
     replay_ratio: float = 0.25
     """gradient steps per agent step after warm-up: 0.25 is one every 4 steps, 2 is two per step"""
     n_step: int = 1
-    """n-step returns: rewards of up to n transitions of the same episode, then the bootstrap (a termination stops it)"""
+    """n-step returns: the rewards of up to n transitions of one episode, then the bootstrap (none after a termination)"""
     double_dqn: bool = False
     """the online network picks the next action, the target network values it"""
     dueling: bool = False
@@ -186,8 +186,8 @@ def preset_args(preset: str, **overrides) -> Args:
 
 
 CHANGEABLE_ON_RESUME = {"track", "wandb_project_name", "wandb_entity", "total_timesteps", "log_interval",
-                        "checkpoint_interval", "checkpoint_buffer", "save_model", "eval_episodes", "eval_epsilon", "cuda", "compile", "channels_last", "fused_adam",
-                        "torch_threads", "resume", "exp_name"}
+                        "checkpoint_interval", "checkpoint_buffer", "save_model", "eval_episodes", "eval_epsilon",
+                        "cuda", "compile", "channels_last", "fused_adam", "torch_threads", "resume", "exp_name"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,7 +343,8 @@ class FrameReplayBuffer:
         spanned = np.concatenate([np.ones((len(slots), 1), bool), np.logical_and.accumulate(goes_on, axis=1)], axis=1)
         steps = spanned.sum(axis=1)
         ended = self.terminated[window[np.arange(len(slots)), steps - 1]]
-        cut_short = (steps < self.n_step) & ~ended & self.episode_open & ((slots + steps) % self.capacity == self.current)
+        reaches_now = (slots + steps) % self.capacity == self.current
+        cut_short = (steps < self.n_step) & ~ended & self.episode_open & reaches_now
         return window, spanned, ~cut_short
 
     def _sampleable(self, slots: np.ndarray) -> np.ndarray:
@@ -1397,8 +1398,8 @@ def main(args: Args, checkpoint: dict | None = None) -> None:
         since = f" since the resume at step {progress.start_step:,}" if progress.start_step else ""
         print(f"done: {global_step + 1:,} agent steps ({counters.gradient_steps:,} updates) in "
               f"{format_duration(time.time() - progress.start_time)}{since}; dormant at tau={args.redo_tau:g}, "
-              f"last check: {dormant}; logs and checkpoint in {run_dir}\n  tensorboard --logdir {os.path.dirname(run_dir)}\n"
-              f"  python plot.py {run_dir}", file=sys.stderr)
+              f"last check: {dormant}; logs and checkpoint in {run_dir}\n"
+              f"  tensorboard --logdir {os.path.dirname(run_dir)}\n  python plot.py {run_dir}", file=sys.stderr)
     if exit_code:
         sys.exit(exit_code)
 

@@ -55,7 +55,7 @@ class Args:
     (e.g. 10000: the 10k-step means the README quotes)"""
     window_tags: list[str] = field(default_factory=lambda: [
         "dormant/tau=0/total", "dormant/tau=0.1/total", "dormant/again/total", "charts/episodic_return"])
-    """the tags --windows prints (dormant shares in %; episodic returns with the number of games ending in each window)"""
+    """the tags --windows prints (dormant shares in %; episodic returns with how many games end in each window)"""
 
 
 @dataclass

@@ -76,7 +76,8 @@ _POOLS = set("""max_pool1d max_pool2d avg_pool1d avg_pool2d adaptive_max_pool1d 
     adaptive_max_pool2d_with_indices lp_pool1d lp_pool2d""".split())
 _NORMS = set("layer_norm batch_norm group_norm instance_norm rms_norm local_response_norm".split())
 _SUMS = set("add __add__ __radd__ __iadd__ add_ sub __sub__ __rsub__ __isub__ sub_".split())
-_KEEP_IDS = set("float double half bfloat16 to cpu cuda type type_as contiguous clone detach".split())  # same shape, ids
+# Same shape, same neurons: the result is followed as the same layer's values.
+_KEEP_IDS = set("float double half bfloat16 to cpu cuda type type_as contiguous clone detach".split())
 # Operations that hand a tensor's values to Python, from where they may come back as a new tensor ReDo cannot follow.
 _EXPORTS = set("numpy tolist item __array__ __float__ __int__ __index__ __complex__ __bool__".split())
 # Reductions over some dimensions (a global average pool written x.mean((2, 3))); each maps a dormant neuron's zeros
