@@ -115,7 +115,8 @@ def copy_into_torch(flax_params: dict, q_network, heads: dict[str, str] | None =
 
     layers = flax_params["params"]
     for flax_name, name in {**LAYERS, **(heads or {"final_layer": "q"})}.items():
-        kernel = np.array(layers[flax_name]["kernel"])  # a writable copy: torch.from_numpy warns on JAX's read-only view
+        # A writable copy: torch.from_numpy warns on JAX's read-only view.
+        kernel = np.array(layers[flax_name]["kernel"])
         if kernel.ndim == 4:
             kernel = kernel.transpose(3, 2, 0, 1)
         elif name == "fc1":
@@ -545,8 +546,9 @@ def check_recycler_against_ours(path: str, seed: int, updates: int) -> None:
             born_dormant.append(activation.mean(dim=(0, 2, 3)) / layer_mean <= tau)
             negative.append(fresh.sum(dim=(1, 2, 3)) < 0)
     born_dormant, negative = torch.cat(born_dormant), torch.cat(negative)
-    print(f"{len(born_dormant)} fresh draws of a conv1 channel with zero bias: {born_dormant.float().mean():.0%} dormant "
-          f"at once; {born_dormant[negative].float().mean():.0%} of the {int(negative.sum())} whose weights sum below 0, "
+    print(f"{len(born_dormant)} fresh draws of a conv1 channel with zero bias: "
+          f"{born_dormant.float().mean():.0%} dormant at once; {born_dormant[negative].float().mean():.0%} of the "
+          f"{int(negative.sum())} whose weights sum below 0, "
           f"{born_dormant[~negative].float().mean():.0%} of the others")
 
     # The same updates for each, from the same seeds: the run's update rule, and its target copies.
@@ -787,7 +789,8 @@ def main() -> None:
     parser.add_argument("--game", default="DemonAttack", help="ALE game name (Dopamine makes ALE/<game>-v5)")
     parser.add_argument("--replay-ratio", type=float, default=1.0, help="gradient updates per agent step: 1, 0.5, 0.25")
     parser.add_argument("--total-timesteps", type=int, default=100_000, help="agent steps")
-    parser.add_argument("--seed", type=int, default=1, help="seeds the agent (network, exploration, replay) and the ALE")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seeds the agent (network, exploration, replay) and the ALE")
     parser.add_argument("--out-dir", default="runs", help="the run folder goes under it")
     parser.add_argument("--check", action="store_true", help="compare the authors' parts with ours, then exit")
     parser.add_argument("--check-updates", type=int, default=300, help="updates compared by --check")

@@ -118,7 +118,8 @@ class Args:
     replay_ratio: float = 0.25
     """gradient steps per agent step after warm-up: 0.25 is one every 4 steps, 2 is two per step"""
     n_step: int = 1
-    """n-step returns: the rewards of up to n transitions of one episode, then the bootstrap (none after a termination)"""
+    """n-step returns: the rewards of up to n transitions of one episode, then the bootstrap (none after a
+    termination)"""
     double_dqn: bool = False
     """the online network picks the next action, the target network values it"""
     dueling: bool = False

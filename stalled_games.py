@@ -15,7 +15,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import tyro
 

@@ -52,7 +52,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, preset):
     assert full.returncode == 0, full_stderr[-2000:]
     expected, got = scalars(only_run(tmp_path / "full")), scalars(run_dir)
     for tag in ["losses/td_loss", "losses/q_values", "dormant/tau=0.1/total", "dormant/tau=0/fc1",
-                "dormant/overlap/fc1", "dormant/again/total", "dormant/again/fc1", "srank/fc1", "redo/recycled/total", "charts/gradient_steps", "charts/SPS"]:
+                "dormant/overlap/fc1", "dormant/again/total", "dormant/again/fc1", "srank/fc1", "redo/recycled/total",
+                "charts/gradient_steps", "charts/SPS"]:
         # No duplicates: what the killed process logged after step 301 is purged.
         assert [step for step, _ in got[tag]] == [step for step, _ in expected[tag]], tag
         if tag != "charts/SPS":
@@ -72,7 +73,8 @@ def test_a_signal_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path, signum
     process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err[-2000:]
-    assert f"{signal.Signals(signum).name}: finishing this step" in err and "continue with: python dqn_redo.py --resume" in err
+    assert f"{signal.Signals(signum).name}: finishing this step" in err
+    assert "continue with: python dqn_redo.py --resume" in err
     assert "Traceback" not in err
     run_dir = only_run(tmp_path)
     checkpoint, error = load_checkpoint(str(run_dir))

@@ -55,12 +55,13 @@ def test_track_without_a_login_or_wandb_is_a_one_line_error_before_anything_is_m
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and not (tmp_path / "runs").exists()
     assert result.stderr.strip().splitlines() == [
-        "error: --track needs a Weights & Biases login (run `wandb login`, or set WANDB_API_KEY), or WANDB_MODE=offline "
-        "to log locally and `wandb sync` later"]
+        "error: --track needs a Weights & Biases login (run `wandb login`, or set WANDB_API_KEY), "
+        "or WANDB_MODE=offline to log locally and `wandb sync` later"]
     real_find_spec = dqn_redo.importlib.util.find_spec
     monkeypatch.setattr(dqn_redo.importlib.util, "find_spec",
                         lambda name: None if name in ("wandb", "moviepy") else real_find_spec(name))
-    assert argument_error(Args(track=True)) == "--track needs wandb: pip install wandb==0.31.0 (pinned in requirements.txt)"
+    assert argument_error(Args(track=True)) == ("--track needs wandb: pip install wandb==0.31.0 "
+                                                "(pinned in requirements.txt)")
     assert argument_error(Args(capture_video=True)) == ("--capture-video needs moviepy: pip install moviepy==2.2.1 "
                                                         "(pinned in requirements.txt)")
 
@@ -112,8 +113,9 @@ def test_redo_installs_with_pip_and_imports_from_anywhere(tmp_path):
     elsewhere.mkdir()
     probe = ("import importlib.metadata as m, redo; print(redo.__file__); print(m.requires('redo-pytorch')); "
              "print(sorted(redo.__all__))")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     out = subprocess.run([str(python), "-c", probe], cwd=elsewhere, capture_output=True, text=True, check=True,
-                         env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"}).stdout.split("\n")
+                         env=env).stdout.split("\n")
     assert out[0].startswith(str(venv)) and out[0].endswith("site-packages/redo.py")
     assert out[1] == "['torch>=2.1']"  # torch is its only dependency
     assert out[2] == str(sorted(["dormant_scores", "dormant_fractions", "dormant_overlap", "srank", "recycle_dormant"]))

@@ -68,7 +68,7 @@ def test_end_to_end_logs_every_tag_with_sane_values(tmp_path):
     # No "nan" while nothing is known yet; a closing line that names the run folder and the commands for it.
     assert "nan" not in result.stderr and "compiling the update with torch.compile" in result.stderr
     run_dir = "runs/" + only_run_name(result)
-    assert f"done: 3,000 agent steps (500 updates) in" in result.stderr
+    assert "done: 3,000 agent steps (500 updates) in" in result.stderr
     assert f"logs and checkpoint in {run_dir}" in result.stderr and f"python plot.py {run_dir}" in result.stderr
     assert only_run_name(result).startswith("DemonAttack-v4__dqn_redo_rr0.25__1__")  # the arm and replay ratio
     assert "step 3,000/3,000" in result.stderr and "SPS" in result.stderr and "ETA" in result.stderr
@@ -82,7 +82,8 @@ def test_end_to_end_logs_every_tag_with_sane_values(tmp_path):
         for layer in LAYERS + ["total"]:
             assert all(0 <= v <= 1 for _, v in logged[f"dormant/tau={tau}/{layer}"])
     # Inclusive thresholds: more neurons are dormant at a higher tau.
-    for (_, zero), (_, small), (_, large) in zip(logged["dormant/tau=0/total"], logged["dormant/tau=0.025/total"], dormant):
+    for (_, zero), (_, small), (_, large) in zip(logged["dormant/tau=0/total"], logged["dormant/tau=0.025/total"],
+                                                 dormant):
         assert zero <= small <= large
     # The total pools 672 neurons: 32 + 64 + 64 + 512.
     step_fractions = {layer: logged[f"dormant/tau=0.1/{layer}"][0][1] for layer in LAYERS}
@@ -117,8 +118,8 @@ def only_run_name(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.seconds(58)
 def test_same_seed_gives_identical_losses(tmp_path):
     flags = ["--total-timesteps", "800", "--learning-starts", "400", "--buffer-size", "2000", "--replay-ratio", "0.5",
-             "--redo-interval", "40", "--log-interval", "10", "--enable-redo", "--torch-threads", "1", "--batch-size", "8",
-             "--srank-states", "128"]
+             "--redo-interval", "40", "--log-interval", "10", "--enable-redo", "--torch-threads", "1",
+             "--batch-size", "8", "--srank-states", "128"]
     runs = {}
     for name in ("a", "b"):  # side by side, one core each
         (tmp_path / name).mkdir()
@@ -152,7 +153,8 @@ def test_save_model_evaluate_and_replay_the_games_the_cap_cut(tmp_path):
     assert "in 60 steps (the cap), mean" in result.stderr and "2 of them cut by the 60-step cap" in result.stdout
     figure = tmp_path / "stalled.png"
     replay = subprocess.run([sys.executable, str(ROOT / "stalled_games.py"), str(run_dir / "checkpoint.pt"),
-                             "--out", str(figure), "--screens", "10", "30"], capture_output=True, text=True, timeout=120)
+                             "--out", str(figure), "--screens", "10", "30"],
+                            capture_output=True, text=True, timeout=120)
     assert replay.returncode == 0, replay.stderr[-3000:]  # it exits 1 if a return differs from evaluation.json
     assert f"game 1: return {record['returns'][0]:g} in 60 steps (the cap)" in replay.stdout
     assert "game 2" not in replay.stdout + replay.stderr and "screens of steps 10, 30 in" in replay.stdout

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import dqn_redo

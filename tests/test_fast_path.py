@@ -1,4 +1,5 @@
-"""The fast update step (compiled loss, channels_last, fused Adam) against the plain eager one, with ReDo editing in between."""
+"""The fast update step (compiled loss, channels_last, fused Adam) against the plain eager one, with ReDo editing in
+between."""
 
 import copy
 

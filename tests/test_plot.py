@@ -42,7 +42,8 @@ def test_groups_curves_and_files(runs, tmp_path):
     out = tmp_path / "img"
     plot.main(plot.Args(paths=[str(runs)], out_dir=str(out), bootstrap_samples=200, note="synthetic"))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{game}_{kind}.png" for game in ("DemonAttack-v4", "Pong-v4") for kind in ("return", "dormant", "dormant_layers"))
+        f"{game}_{kind}.png" for game in ("DemonAttack-v4", "Pong-v4")
+        for kind in ("return", "dormant", "dormant_layers"))
     assert all((out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in [p.name for p in out.iterdir()])
 
     loaded = [plot.load_run(d) for d in plot.find_run_dirs([str(runs)])]

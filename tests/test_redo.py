@@ -123,7 +123,8 @@ def test_scores_of_a_single_state():
 
 def test_a_first_hidden_layer_of_one_neuron():
     torch.manual_seed(0)
-    model, x = nn.Sequential(nn.Linear(8, 1), nn.ReLU(), nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 2)), torch.randn(32, 8)
+    model = nn.Sequential(nn.Linear(8, 1), nn.ReLU(), nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(32, 8)
     with torch.no_grad():
         model[0].bias.fill_(5.0)  # active on every state
     scores = dormant_scores(model, x)

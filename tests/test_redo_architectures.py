@@ -357,7 +357,8 @@ def check_exact_recycling(model, x, dormant: dict[str, list[int]], hidden: list[
                 read_by += [reader_name] if read.any() else []
             assert read_by, (layer_name, neuron)
     params_before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    moments_before = {name: {k: v.clone() for k, v in optimizer.state[p].items()} for name, p in model.named_parameters()}
+    moments_before = {name: {k: v.clone() for k, v in optimizer.state[p].items()}
+                      for name, p in model.named_parameters()}
     outputs_before = outputs_of(call(model, forward, x))
 
     scores = dormant_scores(model, x, activation=activation, forward=forward, skip=skip)
@@ -455,8 +456,8 @@ def test_a_torchscript_module_is_refused_by_name():
     model = nn.Sequential(trunk, nn.Linear(8, 2))
     with pytest.raises(ValueError) as error:
         dormant_scores(model, torch.randn(8, 4))
-    assert str(error.value) == ("'0' is a TorchScript module (torch.jit.script/trace), whose layers ReDo cannot follow: "
-                                "pass the module before scripting it")
+    assert str(error.value) == ("'0' is a TorchScript module (torch.jit.script/trace), whose layers ReDo cannot "
+                                "follow: pass the module before scripting it")
 
 
 @pytest.mark.seconds(16)
@@ -557,7 +558,8 @@ def test_in_place_residual_sum_names_its_writers():
     torch.manual_seed(0)
     check_exact_recycling(InPlaceResidual(), torch.randn(32, 3, 6, 6),
                           dormant={"conv1": [1, 6], "conv3": [2], "fc": [3]}, hidden=["stem", "conv1", "conv3", "fc"],
-                          readers={"conv1": ["conv2"], "conv3": ["fc"], "fc": ["out"]}, not_recyclable=("stem", "conv2"))
+                          readers={"conv1": ["conv2"], "conv3": ["fc"], "fc": ["out"]},
+                          not_recyclable=("stem", "conv2"))
 
 
 def test_grouped_convolution_recycled_as_a_writer():
@@ -930,8 +932,9 @@ def test_a_layer_read_only_by_an_unknown_op_is_scored_and_refused_not_taken_for_
 
 LOG_HINT = (" (values that leave torch may come back unseen: to log them, keep the tensor, e.g. self.h = h.detach(), "
             "and convert it after the forward pass)")
-SCALAR_READS = {"item": lambda t: t.item(), "__float__": float, "__int__": int, "__complex__": lambda t: complex(t).real,
-                "__bool__": bool, "__index__": lambda t: operator.index(t.to(torch.long))}
+SCALAR_READS = {"item": lambda t: t.item(), "__float__": float, "__int__": int,
+                "__complex__": lambda t: complex(t).real, "__bool__": bool,
+                "__index__": lambda t: operator.index(t.to(torch.long))}
 
 
 class ThroughPython(nn.Module):

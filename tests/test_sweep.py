@@ -20,7 +20,8 @@ from sweep import Cell, SweepArgs, cells_of, extra_flags
 from test_dqn import ROOT
 
 TINY = ["--total-timesteps", "400", "--learning-starts", "300", "--buffer-size", "1000", "--redo-batch-size", "64",
-        "--redo-interval", "20", "--no-compile", "--checkpoint-interval", "100", "--batch-size", "8", "--srank-states", "128"]
+        "--redo-interval", "20", "--no-compile", "--checkpoint-interval", "100", "--batch-size", "8",
+        "--srank-states", "128"]
 
 
 def sweep(out_dir: Path, *flags: str, extra=TINY, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -49,7 +50,8 @@ def test_grid_and_folder_names_are_one_to_one():
     cells = cells_of(args)
     assert len(cells) == 16 and len({cell.name for cell in cells}) == 16
     assert Cell("ALE/Breakout-v5", 0.25, "redo", 2).name == "ALE-Breakout-v5__rr0.25__redo__s2"
-    assert extra_flags(["--seeds", "1", "--", "--total-timesteps", "5"]) == (["--seeds", "1"], ["--total-timesteps", "5"])
+    assert extra_flags(["--seeds", "1", "--", "--total-timesteps", "5"]) == (["--seeds", "1"],
+                                                                             ["--total-timesteps", "5"])
     # The Atari 100k grid of the paper's Fig. 10d: 26 games x 4 replay ratios x 2 arms x 10 seeds.
     grid = cells_of(SweepArgs(env_ids=["atari100k"], seeds=list(range(1, 11)), replay_ratios=[1, 2, 4, 8]))
     assert len(grid) == 26 * 4 * 2 * 10 == len({cell.name for cell in grid})
@@ -148,7 +150,8 @@ def test_progress_and_eta_come_from_the_runs_own_progress_lines(tmp_path):
     ({"replay_ratios": [0.0]}, TINY, "Pong-v4__rr0__baseline__s1: --replay-ratio must be positive, got 0.0"),
     ({"env_ids": ["NotAGame-v4"]}, TINY, "NotAGame-v4__rr0.25__baseline__s1: unknown Atari env id 'NotAGame-v4'"),
     ({}, [*TINY, "--gamma", "2"], "Pong-v4__rr0.25__baseline__s1: --gamma must be in [0, 1], got 2.0"),
-    ({}, ["--preset", "drq-eps", "--total-timesteps", "1000"], "--total-timesteps (1,000) is not past --learning-starts"),
+    ({}, ["--preset", "drq-eps", "--total-timesteps", "1000"],
+     "--total-timesteps (1,000) is not past --learning-starts"),
 ])
 def test_what_every_cell_would_refuse_is_a_one_line_error_before_ray_starts(tmp_path, capsys, grid, extra, message):
     """Once each cell started, failed alike and left a folder; now the sweep checks the cells' arguments with
@@ -275,8 +278,8 @@ def test_sweep_aggregation_matches_hand_computed_iqm_and_normalized_scores(tmp_p
             for seed in range(4):
                 final = float(rng.uniform(random_score, human_score))
                 finals[(arm, env_id, seed)] = final
-                fake_run(tmp_path / f"{arm}_{env_id}_{seed}", env_id, arm == "redo", [random_score] * 8 + [final, final],
-                         [0.5] * 10)
+                fake_run(tmp_path / f"{arm}_{env_id}_{seed}", env_id, arm == "redo",
+                         [random_score] * 8 + [final, final], [0.5] * 10)
     plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "figures"), sweep=True, bins=10,
                         bootstrap_samples=200))
     out = capsys.readouterr().out
@@ -286,9 +289,10 @@ def test_sweep_aggregation_matches_hand_computed_iqm_and_normalized_scores(tmp_p
         flat = np.sort(normalized.flatten())  # 8 scores: the IQM is the mean of the middle 4
         line = next(line for line in out.splitlines() if line.startswith(f"| {name} | 4 |"))
         assert f"| {flat[2:6].mean():.3f} [" in line and f"| {normalized.mean():.3f} [" in line, line
-    assert (tmp_path / "figures" / "sweep_return.png").exists() and (tmp_path / "figures" / "sweep_dormant.png").exists()
+    assert (tmp_path / "figures" / "sweep_return.png").exists()
+    assert (tmp_path / "figures" / "sweep_dormant.png").exists()
     pong = finals[("redo", "Pong-v4", 0)]
-    assert f"| Pong-v4 | DQN + ReDo (tau=0.1), RR 1 | 4 |" in out and f"{pong:.0f}" in out
+    assert "| Pong-v4 | DQN + ReDo (tau=0.1), RR 1 | 4 |" in out and f"{pong:.0f}" in out
 
 
 def test_one_run_per_game_gives_no_interval_and_says_the_iqm_of_three_scores_is_their_mean(tmp_path, capsys):
