@@ -115,24 +115,29 @@ def train_then_resume(data: list[Batch], fused_before: bool, fused_after: bool,
     return q_network
 
 
-def assert_same_weights(got: QNetwork, expected: QNetwork) -> None:
-    # Within a tenth of one Adam step (lr 1e-4). The fused and foreach Adams round differently, and a ReLU input
-    # near 0 can flip on that: with one thread, 2 of conv3's weights end up 2.3e-6 apart. The bugs this guards
-    # against are far larger: moments lost on resume 4.7e-4, moments in the wrong memory order 3.8e-4, Adam's
-    # step count off by one 6.6e-5 (measured on these batches).
-    for (name, a), b in zip(expected.named_parameters(), got.parameters()):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-5, msg=name)
+def assert_same_weights(got: QNetwork, reference: tuple[QNetwork, list[torch.Tensor]]) -> None:
+    # Each tensor within 1 % of how far the six updates moved it, as the fast path is checked above. Not element by
+    # element: the fused and foreach Adams and the two memory formats round differently, and a ReLU input near 0 can
+    # flip on that (on a 2-core AVX-512 EPYC, one thread, seed 3: one conv2 channel, its bias 0.29 % of its movement
+    # off, a weight 1.1e-5 off where one Adam step is 1e-4). The bugs this guards against move whole tensors
+    # (measured on these batches): Adam's step count off by one 1.5-2.9 % in every tensor, moments in the wrong
+    # memory order 43 % in conv3's weight, moments lost on resume 29 % or more in every tensor.
+    expected, initial = reference
+    for (name, a), b, start in zip(expected.named_parameters(), got.parameters(), initial):
+        assert (b - a).norm() <= 1e-2 * (a - start).norm(), name
 
 
-def train_uninterrupted(data: list[Batch]) -> QNetwork:
-    """The reference: the same updates in one network and one (foreach) Adam, nothing saved or loaded."""
+def train_uninterrupted(data: list[Batch]) -> tuple[QNetwork, list[torch.Tensor]]:
+    """The reference: the same updates in one network and one (foreach) Adam, nothing saved or loaded. Returns it
+    and its initial weights (the same as ``train_then_resume``'s: the same seed)."""
     torch.manual_seed(0)
     q_network = QNetwork(6)
+    initial = [p.detach().clone() for p in q_network.parameters()]
     optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4, fused=False)
     step = make_train_step(q_network, copy.deepcopy(q_network), optimizer, False)
     for batch in data:
         step(batch)
-    return q_network
+    return q_network, initial
 
 
 def test_adam_state_moves_between_fused_and_foreach():
