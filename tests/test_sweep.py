@@ -239,8 +239,11 @@ def test_run_cell_hands_a_run_killed_from_outside_to_ray_for_a_retry(tmp_path, m
     monkeypatch.setattr(sweep_module, "command", lambda *_: [sys.executable, "-c", FAKE_RUN, str(cell_dir)])
 
     def kill_the_run():
+        # The line the run prints, not the command line in front of it (which holds the same word): on a loaded
+        # machine the command line is in log.txt before the process exists, and pgrep would find nothing to kill.
         deadline = time.time() + 30
-        while "running" not in ((cell_dir / "log.txt").read_text() if (cell_dir / "log.txt").exists() else ""):
+        log = cell_dir / "log.txt"
+        while "running" not in (log.read_text().splitlines() if log.exists() else []):
             assert time.time() < deadline
             time.sleep(0.1)
         pids = subprocess.run(["pgrep", "-f", str(cell_dir)], capture_output=True, text=True).stdout.split()
