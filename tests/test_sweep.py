@@ -189,14 +189,28 @@ time.sleep(60)
 """
 
 
+def once_it_runs(cell_dir: Path, then) -> threading.Thread:
+    """Starts a thread that calls `then` once the stand-in has printed its "running" line: its handler is in place
+    then. That line, not the command line in front of it in log.txt, which holds the same word and, on a loaded
+    machine, is there before the process exists (a kill then found nothing to kill)."""
+    def wait_and_act():
+        deadline, log = time.time() + 30, cell_dir / "log.txt"
+        while "running" not in (log.read_text().splitlines() if log.exists() else []):
+            assert time.time() < deadline
+            time.sleep(0.1)
+        then()
+    thread = threading.Thread(target=wait_and_act)
+    thread.start()
+    return thread
+
+
 def test_run_cell_stops_its_run_once_and_reports_the_checkpoint_step(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module, "command", lambda *_: [sys.executable, "-c", FAKE_RUN])
     cell, cell_dir = Cell("Pong-v4", 1.0, "redo", 1), tmp_path / "Pong-v4__rr1__redo__s1"
     args = SweepArgs(out_dir=str(tmp_path))
-    timer = threading.Timer(2.0, (tmp_path / sweep_module.STOP_FILE).touch)
-    timer.start()
+    stopper = once_it_runs(cell_dir, (tmp_path / sweep_module.STOP_FILE).touch)
     outcome = sweep_module.run_cell(cell, str(cell_dir), args, [])
-    timer.join()
+    stopper.join()
     assert outcome["stopped"] and outcome["exit_code"] == 128 + 15 and outcome["saved_at"] == 1234
     assert sweep_module.outcome_line(cell, outcome) == "stopped Pong-v4__rr1__redo__s1: checkpoint at step 1,234"
     log = (cell_dir / "log.txt").read_text()
@@ -239,19 +253,11 @@ def test_run_cell_hands_a_run_killed_from_outside_to_ray_for_a_retry(tmp_path, m
     monkeypatch.setattr(sweep_module, "command", lambda *_: [sys.executable, "-c", FAKE_RUN, str(cell_dir)])
 
     def kill_the_run():
-        # The line the run prints, not the command line in front of it (which holds the same word): on a loaded
-        # machine the command line is in log.txt before the process exists, and pgrep would find nothing to kill.
-        deadline = time.time() + 30
-        log = cell_dir / "log.txt"
-        while "running" not in (log.read_text().splitlines() if log.exists() else []):
-            assert time.time() < deadline
-            time.sleep(0.1)
         pids = subprocess.run(["pgrep", "-f", str(cell_dir)], capture_output=True, text=True).stdout.split()
         for pid in pids:
             os.kill(int(pid), signal.SIGKILL)
 
-    killer = threading.Thread(target=kill_the_run)
-    killer.start()
+    killer = once_it_runs(cell_dir, kill_the_run)
     with pytest.raises(sweep_module.Interrupted, match="stopped by a signal"):
         sweep_module.run_cell(cell, str(cell_dir), SweepArgs(out_dir=str(tmp_path)), [])
     killer.join()
