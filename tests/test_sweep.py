@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -398,3 +399,34 @@ def test_final_evaluation_scores_and_the_atari_100k_reference_table(tmp_path, ca
     assert "| DQN, RR 1 | 1 | 0.000 (no" in out
     assert "| final evaluation: mean (per run) | HNS | evaluation games cut by the cap (per run) |" in out
     assert "| 0.500 | 1 |" in out and "| 0.000 | ? |" in out  # ReDo's second game was cut; the baseline's unknown
+
+
+# ---------------------------------------------------------------- the committed results
+
+
+def test_readme_final_evaluations_of_the_multi_game_run_are_what_its_committed_files_hold():
+    """Each per-game table of the multi-game run in the README (header "| <Game>, RR 1, seed 1, ... | baseline | ReDo
+    |") quotes mean, standard error, median and HNS of the 100 evaluation games, and the games cut by the cap: they
+    are recomputed here from the evaluation.json files committed in results/drq_sweep."""
+    readme = (ROOT / "README.md").read_text()
+    tables = re.findall(r"^\| (\w+), RR 1, seed 1, by 10k agent steps \| baseline \| ReDo \|\n((?:\|.*\n)+)", readme,
+                        re.MULTILINE)
+    checked = []
+    for game, rows in tables:
+        quoted = re.search(r"^\| \*\*final evaluation, 100 games: mean \(standard error\), median\*\* \| "
+                           r"\*\*(.+?)\*\* \| \*\*(.+?)\*\* \|$", rows, re.MULTILINE)
+        capped = re.search(r"^\| evaluation games cut by the 27,000-step cap \| (\d+)\b.*? \| (\d+)\b", rows,
+                           re.MULTILINE)
+        assert quoted and capped, f"{game}: the README table lacks its final-evaluation or cap row"
+        for arm, text, cut in zip(("baseline", "redo"), quoted.groups(), capped.groups()):
+            files = list((ROOT / "results" / "drq_sweep" / f"{game}-v4__rr1__{arm}__s1").glob("runs/*/evaluation.json"))
+            assert len(files) == 1, f"{game} {arm}: expected one committed evaluation.json, found {len(files)}"
+            evaluation = json.loads(files[0].read_text())
+            returns = np.array(evaluation["returns"])
+            assert len(returns) == 100
+            computed = (f"{returns.mean():.1f} ({returns.std(ddof=1) / np.sqrt(len(returns)):.1f}), "
+                        f"{np.median(returns):g}; HNS {plot.human_normalized(returns.mean(), game + '-v4'):.2f}")
+            assert text == computed, f"{game} {arm}: the README says {text!r}, its files give {computed!r}"
+            assert int(cut) == sum(evaluation["at_cap"])
+            checked.append((game, arm))
+    assert {game for game, _ in checked} >= {"Boxing", "Breakout"}  # the games finished when this test was written
