@@ -571,7 +571,8 @@ def final_value(run: Run, tag: str, fraction: float = 0.1) -> float:
 def window_table(runs: list[Run], tag: str, width: int) -> str:
     """A markdown table of each group's mean of `tag` within windows of `width` agent steps: the mean over the
     group's runs of each run's mean in the window ("-" where none logged it). Episodic returns also count the games
-    that ended in the window, over all the group's runs; dormant shares are in %."""
+    that ended in the window, over all the group's runs; dormant shares are in %; other values under 10 have three
+    significant digits."""
     groups = sorted({run.group for run in runs if tag in run.scalars})
     if not groups:
         return f"{tag}: not logged by these runs"
@@ -590,7 +591,11 @@ def window_table(runs: list[Run], tag: str, width: int) -> str:
             if np.isnan(values).all():
                 cells.append("-")
                 continue
-            cell = f"{scale * np.nanmean(values):,.{0 if tag == 'charts/episodic_return' else 1}f}"
+            value = scale * np.nanmean(values)
+            if tag == "charts/episodic_return":
+                cell = f"{value:,.0f}"
+            else:  # three significant digits for small values (a TD loss of 0.03 would read 0.0)
+                cell = f"{value:,.1f}" if abs(value) >= 10 or scale == 100 else f"{value:.3g}"
             if tag == "charts/episodic_return":
                 cell += f" ({games[group][k]} game{'s' * (games[group][k] != 1)})"
             cells.append(cell)

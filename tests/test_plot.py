@@ -139,6 +139,22 @@ def test_windows_print_each_groups_mean_per_window(runs, capsys):
     assert "dormant/again/total: not logged by these runs" in tables
 
 
+def test_windows_keep_three_significant_digits_of_small_values(tmp_path, capsys):
+    write_run(tmp_path / "run", "Breakout-v4", 1.0, True, 1, 100, 0.1)
+    writer = SummaryWriter(str(tmp_path / "run"))  # a second event file, as a resumed run has
+    for step, (loss, rank) in enumerate([(0.0441, 433.61), (0.0441, 433.61), (0.00052, 2.5)]):
+        writer.add_scalar("losses/td_loss", loss, 1000 * step)
+        writer.add_scalar("srank/fc1", rank, 1000 * step)
+    writer.close()
+    plot.main(plot.Args(paths=[str(tmp_path / "run")], out_dir=str(tmp_path / "out"), bootstrap_samples=50,
+                        windows=2000, window_tags=["losses/td_loss", "srank/fc1"]))
+    tables = capsys.readouterr().out.split("\n\n")
+    loss = next(table for table in tables if table.startswith("| losses/td_loss, agent steps |"))
+    rank = next(table for table in tables if table.startswith("| srank/fc1, agent steps |"))
+    assert loss.splitlines()[2:] == ["| 0-2,000 | 0.0441 |", "| 2,000-4,000 | 0.00052 |"]
+    assert rank.splitlines()[2:] == ["| 0-2,000 | 433.6 |", "| 2,000-4,000 | 2.5 |"]
+
+
 def test_no_event_files_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plot.main(plot.Args(paths=[str(tmp_path)], out_dir=str(tmp_path / "img")))
