@@ -593,11 +593,9 @@ def window_table(runs: list[Run], tag: str, width: int) -> str:
                 continue
             value = scale * np.nanmean(values)
             if tag == "charts/episodic_return":
-                cell = f"{value:,.0f}"
+                cell = f"{value:,.0f} ({games[group][k]} game{'s' * (games[group][k] != 1)})"
             else:  # three significant digits for small values (a TD loss of 0.03 would read 0.0)
                 cell = f"{value:,.1f}" if abs(value) >= 10 or scale == 100 else f"{value:.3g}"
-            if tag == "charts/episodic_return":
-                cell += f" ({games[group][k]} game{'s' * (games[group][k] != 1)})"
             cells.append(cell)
         lines.append(f"| {edges[k]:,}-{edges[k + 1]:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
