@@ -332,6 +332,18 @@ def test_a_game_without_reference_scores_is_a_clear_error(tmp_path, capsys):
     assert "no random/human reference score for Tetris-v4" in capsys.readouterr().err
 
 
+def test_a_game_one_arm_has_not_run_is_named_in_a_clear_error(tmp_path, capsys):
+    for env_id in ("Pong-v4", "Boxing-v4"):
+        fake_run(tmp_path / f"baseline_{env_id}", env_id, False, [1.0] * 3, [0.1] * 3)
+    fake_run(tmp_path / "redo_Boxing-v4", "Boxing-v4", True, [1.0] * 3, [0.1] * 3)
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main(plot.Args(paths=[str(tmp_path)], sweep=True, bins=3, bootstrap_samples=50))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "none of Pong-v4 (DQN + ReDo (tau=0.1), RR 1): pass only the games every arm has run" in err
+    assert "Boxing-v4 (" not in err
+
+
 def test_runs_without_a_final_evaluation_are_all_named_when_scoring_by_evaluation(tmp_path, capsys):
     for name in ("evaluated", "running_a", "running_b"):
         fake_run(tmp_path / name, "Pong-v4", False, [-20.0] * 3, [0.2] * 3)
