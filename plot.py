@@ -397,8 +397,9 @@ def sweep_arrays(runs: list[Run], tag: str, bins: int, normalize: bool) -> tuple
     n_runs = min(len(groups[a].get(g, [])) for a in groups for g in games)
     if n_runs == 0:
         missing = [f"{g} ({a})" for a in sorted(groups) for g in games if not groups[a].get(g)]
-        raise SweepError(f"every arm and replay ratio needs at least one run of every game; none of {', '.join(missing)}"
-                         ": pass only the games every arm has run (their cell folders), or wait for the missing runs")
+        raise SweepError("every arm and replay ratio needs at least one run of every game; none of "
+                         f"{', '.join(missing)}: pass only the games every arm has run (their cell folders), or wait "
+                         "for the missing runs")
     last_step = min(int(run.scalars[tag][0].max()) for run in runs if tag in run.scalars)
     edges = np.linspace(0, last_step + 1, bins + 1)
     arrays, counts = {}, {}

@@ -1,10 +1,12 @@
-"""Replay a finished run's final evaluation from its checkpoint and look at the first game the episode cap cut.
+"""Replay a finished run's final evaluation from its checkpoint and look at the games the episode cap cut.
 
     python stalled_games.py runs/<run>/checkpoint.pt --out img/drq_DemonAttack-v4_stalled_game.png
 
 Plays the games with ``dqn_redo.evaluate`` itself (so with its seeds, epsilon and network), checks each return against
-the run's evaluation.json, and stops at the first game cut by --max-episode-steps: prints when it last scored and lost a
-life and how often it chose each action, and draws three of its screens with how they were made.
+the run's evaluation.json, and stops at the first game cut by --max-episode-steps (with --every-game, goes on to the
+end): prints, for each such game, when it last scored and lost a life, its largest one-step reward (a jump of the
+score that play cannot make shows there: in Pong, the console's end of a game that outlasts its clock) and how often it
+chose each action, and draws three screens of the first with how they were made.
 """
 
 from __future__ import annotations
@@ -29,6 +31,21 @@ class Options:
     """where the screens go"""
     screens: list[int] = field(default_factory=lambda: [1_000, 5_000, 26_000])
     """agent steps of the stalled game whose screens are drawn"""
+    every_game: bool = False
+    """go on after the first game the cap cut, through the whole evaluation, and summarize each such game"""
+
+
+def summarize(game: dict, action_names: list[str]) -> str:
+    """When the game last lost a life and scored, its largest one-step reward, and its actions after the last points
+    (the stall)."""
+    lost = [step for step in range(1, len(game["lives"])) if game["lives"][step] < game["lives"][step - 1]]
+    last_points = game["rewards"][-1][1] if game["rewards"] else 0
+    largest = max(game["rewards"], key=lambda reward_step: abs(reward_step[0]), default=None)
+    counts = collections.Counter(game["actions"][last_points:])
+    shares = ", ".join(f"{action_names[a]} {n / sum(counts.values()):.0%}" for a, n in counts.most_common())
+    return (f"lives lost at steps {lost}, last points at step {last_points:,}"
+            + (f" (largest one-step reward {largest[0]:+g}, at step {largest[1]:,})" if largest else "")
+            + f"; actions after them: {shares}")
 
 
 def main(options: Options) -> None:
@@ -44,18 +61,22 @@ def main(options: Options) -> None:
     names = make_env(args, evaluation=True).unwrapped.get_action_meanings()
     q_network = QNetwork(len(names), args.network, args.dueling)
     q_network.load_state_dict(checkpoint["q_network"])
-    game = {"over": True}  # the game being played, recorded step by step
+    game: dict = {"over": True, "number": 0}  # the game being played, recorded step by step
+    cut: list[dict] = []  # the games the cap cut, in order
 
     def record(env, action: int, reward: float, terminated: bool, truncated: bool) -> bool:
         if game["over"]:
-            game.update(actions=[], lives=[env.unwrapped.ale.lives()], scored=[], screens={})
+            game.update(number=game["number"] + 1, actions=[], lives=[env.unwrapped.ale.lives()], rewards=[],
+                        screens={})
         game["actions"].append(action)
         game["lives"].append(env.unwrapped.ale.lives())
-        game["scored"] += [len(game["actions"])] if reward else []
-        if len(game["actions"]) in options.screens:
+        game["rewards"] += [(reward, len(game["actions"]))] if reward else []
+        if len(game["actions"]) in options.screens and not cut:
             game["screens"][len(game["actions"])] = env.unwrapped.ale.getScreenRGB()
         game["over"] = terminated or truncated
-        return truncated  # the first game cut by the cap ends the replay
+        if truncated:
+            cut.append(dict(game))
+        return truncated and not options.every_game  # the first game cut by the cap ends the replay, unless asked
 
     device = torch.device("cpu")
     returns, lengths, at_cap = evaluate(q_network, args, device, on_step=record)
@@ -71,32 +92,29 @@ def main(options: Options) -> None:
     if not any(at_cap):
         print(f"none of the {args.eval_episodes} games reached the cap")
         return
-    actions, lives, scored, screens = game["actions"], game["lives"], game["scored"], game["screens"]
-    game_number, game_return = len(returns), returns[-1]
-    print(f"game {game_number}: return {game_return:g} in {lengths[-1]:,} steps (the cap)")
-    lost = [step for step in range(1, len(lives)) if lives[step] < lives[step - 1]]
-    last_points = scored[-1] if scored else 0
-    counts = collections.Counter(actions[last_points:])  # the stall: after the game's last points
-    shares = ", ".join(f"{names[a]} {n / sum(counts.values()):.0%}" for a, n in counts.most_common())
-    summary = f"lives lost at steps {lost}, last points at step {last_points:,}; actions after them: {shares}"
-    print(summary)
-
-    if not screens:
-        print(f"no figure: none of the --screens steps {options.screens} falls in this game's {lengths[-1]:,} steps")
+    for stalled in cut:
+        print(f"game {stalled['number']}: return {returns[stalled['number'] - 1]:g} in "
+              f"{lengths[stalled['number'] - 1]:,} steps (the cap)")
+        print(summarize(stalled, names))
+    first = cut[0]
+    if not first["screens"]:
+        print(f"no figure: none of the --screens steps {options.screens} falls in game {first['number']}'s "
+              f"{lengths[first['number'] - 1]:,} steps")
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    screens = first["screens"]
     fig, axes = plt.subplots(1, len(screens), figsize=(3 * len(screens), 4.6), squeeze=False)
     for ax, (step, screen) in zip(axes[0], sorted(screens.items())):
         ax.imshow(screen)
         ax.set_title(f"step {step:,}", fontsize=9)
         ax.axis("off")
     run = os.path.basename(os.path.normpath(checkpoint["run_dir"]))
-    fig.suptitle(f"{args.env_id}, evaluation game {game_number}: {game_return:g} points, cut by the cap at "
-                 f"{lengths[-1]:,} steps\n{summary}", fontsize=8)
+    fig.suptitle(f"{args.env_id}, evaluation game {first['number']}: {returns[first['number'] - 1]:g} points, cut by "
+                 f"the cap at {lengths[first['number'] - 1]:,} steps\n{summarize(first, names)}", fontsize=8)
     fig.text(0.01, 0.01, f"{run}, checkpoint at step {checkpoint['global_step']:,}, evaluation epsilon "
              f"{args.eval_epsilon:g}\nmade by stalled_games.py on {hardware(device)}", fontsize=6.5, va="bottom")
     fig.tight_layout(rect=(0, 0.07, 1, 0.95))

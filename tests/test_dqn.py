@@ -159,6 +159,13 @@ def test_save_model_evaluate_and_replay_the_games_the_cap_cut(tmp_path):
     assert f"game 1: return {record['returns'][0]:g} in 60 steps (the cap)" in replay.stdout
     assert "game 2" not in replay.stdout + replay.stderr and "screens of steps 10, 30 in" in replay.stdout
     assert figure.stat().st_size > 10_000
+    every = subprocess.run([sys.executable, str(ROOT / "stalled_games.py"), str(run_dir), "--screens", "10",
+                            "--every-game", "--out", str(tmp_path / "every.png")], capture_output=True, text=True,
+                           timeout=120)
+    assert every.returncode == 0, every.stderr[-3000:]
+    assert [line for line in every.stdout.splitlines() if line.startswith("game ")] == [
+        f"game {n}: return {record['returns'][n - 1]:g} in 60 steps (the cap)" for n in (1, 2)]
+    assert every.stdout.count("last points at step") == 2 and "screens of steps 10 in" in every.stdout
     (run_dir / "evaluation.json").write_text(json.dumps({**record, "returns": [record["returns"][0] + 1] * 2}))
     other = subprocess.run([sys.executable, str(ROOT / "stalled_games.py"), str(run_dir), "--screens", "10"],
                            capture_output=True, text=True, timeout=120)
@@ -169,6 +176,20 @@ def test_save_model_evaluate_and_replay_the_games_the_cap_cut(tmp_path):
     outside = subprocess.run([sys.executable, str(ROOT / "stalled_games.py"), str(run_dir), "--screens", "61"],
                              capture_output=True, text=True, timeout=120)
     assert outside.returncode == 2 and outside.stderr.startswith("error: --screens takes agent steps from 1 to")
+
+
+def test_a_stalled_games_summary_names_its_last_points_its_largest_reward_and_the_stalls_actions():
+    from stalled_games import summarize
+
+    # Pong's evaluation game 5 of the DrQ(ε) baseline, in miniature: points, then a jump of the score that no rally
+    # makes (the console ending the game at its clock), then a stall of NOOPs.
+    game = {"lives": [0] * 7, "actions": [2, 3, 2, 0, 0, 0], "rewards": [(-1.0, 1), (1.0, 2), (18.0, 3)]}
+    assert summarize(game, ["NOOP", "FIRE", "RIGHT", "LEFT"]) == (
+        "lives lost at steps [], last points at step 3 (largest one-step reward +18, at step 3); "
+        "actions after them: NOOP 100%")
+    lives = {"lives": [3, 3, 2, 2], "actions": [1, 1, 1], "rewards": []}
+    assert summarize(lives, ["NOOP", "FIRE"]) == (
+        "lives lost at steps [2], last points at step 0; actions after them: FIRE 100%")
 
 
 @pytest.mark.seconds(25)
