@@ -343,6 +343,34 @@ def test_atari_100k_environment_noops_at_every_game_start_none_after_a_lost_life
     evaluation.close()
 
 
+def test_ale_pong_ends_a_game_at_its_clock_paying_the_cpu_score_minus_one_and_never_terminating():
+    # Pong keeps a 16-bit frame clock in RAM bytes 8 (low) and 9 (high). When it wraps, the console drops into attract
+    # mode: the CPU's score (RAM 13) becomes the game number 1, the player's (RAM 14) stays. ALE's Pong reward is the
+    # change of player minus CPU score and its game ends only at a score of 21, so the agent is paid CPU score - 1
+    # that no point earned and the game never ends: the 27,000-step cap cuts it (the README's Pong finding).
+    env = make_env(preset_args("drq-eps", env_id="Pong-v4"), evaluation=True)
+    ale = env.unwrapped.ale
+    env.reset(seed=0)
+
+    def clock() -> int:
+        return int(ale.getRAM()[8]) + 256 * int(ale.getRAM()[9])
+
+    assert clock() == 327 + ale.getEpisodeFrameNumber()  # so it wraps 65,209 frames (16,302 agent steps) in
+    total = 0.0
+    while ale.getRAM()[13] < 5:  # standing still, the player loses points
+        total += env.step(0)[1]
+    assert total == -5 and ale.getRAM()[14] == 0 and clock() == 327 + ale.getEpisodeFrameNumber()
+    ale.setRAM(8, 0xF0)  # as if 65,193 frames had been played: 16 frames (4 agent steps) to go
+    ale.setRAM(9, 0xFF)
+    rewards = [env.step(0)[1] for _ in range(8)]
+    assert sorted(rewards) == [0.0] * 7 + [4.0] and ale.getRAM()[13] == 1 and ale.getRAM()[14] == 0
+    rng = np.random.default_rng(0)
+    for _ in range(2_000):  # 8,000 frames of any play: nothing scores, nothing ends
+        _, reward, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        assert reward == 0 and not terminated and not truncated
+    env.close()
+
+
 # ---------------------------------------------------------------- the preset and the command
 
 
